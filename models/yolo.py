@@ -1,0 +1,322 @@
+"""YOLOv5 models from YAML: the parser, the Detect head and Model.
+
+`python models/yolo.py --cfg yolov5s.yaml` prints the layer table, parameters and GFLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python models/yolo.py` puts models/ first on the path; the repo root is wanted
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch
+import torch.nn as nn
+import yaml
+
+from models import common  # noqa: F401  (registers the core blocks)
+from models.common import Conv, SideInput
+from models.registry import BuildContext, lookup_block, register_block
+from utils.torch_utils import count_parameters, fuse_conv_and_bn, profile_gflops
+
+LOGGER = logging.getLogger(__name__)
+MODELS_DIR = Path(__file__).resolve().parent
+MODEL_KEYS = {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head", "ch"}
+
+
+class ModelConfigError(ValueError):
+    """A model YAML that cannot be built; the message names the file and the row."""
+
+
+def _detect_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):
+    args = list(args)
+    if len(args) >= 2 and isinstance(args[1], int):  # anchors given as a count per level
+        args[1] = [list(range(args[1] * 2))] * len(ch_in)
+    return cls(*args, ch=ch_in), 0
+
+
+@register_block(builder=_detect_builder)
+class Detect(nn.Module):
+    """The YOLOv5 head: per level a 1x1 conv to na x (5 + nc) outputs, decoded against anchors in eval.
+
+    Train mode returns the raw maps [(B, na, ny, nx, 5 + nc)] per level; eval returns
+    (decoded (B, N, 5 + nc) in input pixels, raw maps). `anchors` are kept in stride units.
+    """
+
+    export = False  # True: eval returns only the decoded tensor (for ONNX/TorchScript)
+
+    def __init__(self, nc: int = 80, anchors: list = (), ch: list[int] = ()):
+        super().__init__()
+        if len(anchors) != len(ch):
+            raise ValueError(f"Detect: {len(anchors)} anchor rows for {len(ch)} input levels")
+        self.nc, self.no = int(nc), int(nc) + 5
+        self.nl, self.na = len(anchors), len(anchors[0]) // 2
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2))
+        self.register_buffer("stride", torch.ones(self.nl))
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, xs: list[torch.Tensor]):
+        raw, decoded = [], []
+        for i in range(self.nl):
+            x = self.m[i](xs[i])
+            bs, _, ny, nx = x.shape
+            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            raw.append(x)
+            if not self.training:
+                decoded.append(self._decode(x, i))
+        if self.training:
+            return raw
+        out = torch.cat(decoded, 1)
+        return out if self.export else (out, raw)
+
+    def _decode(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        bs, _, ny, nx, _ = x.shape
+        grid, anchor_grid = self._grid(i, nx, ny, x.device, x.dtype)
+        xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
+        xy = (xy * 2 - 0.5 + grid) * self.stride[i]
+        wh = (wh * 2) ** 2 * anchor_grid
+        return torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no)
+
+    def _grid(self, i: int, nx: int, ny: int, device, dtype):
+        key = (i, nx, ny, device, dtype)
+        if key not in self._grids or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            y, x = torch.arange(ny, device=device, dtype=dtype), torch.arange(nx, device=device, dtype=dtype)
+            yv, xv = torch.meshgrid(y, x, indexing="ij")
+            grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
+            anchor_grid = (self.anchors[i] * self.stride[i]).to(dtype).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+            self._grids[key] = (grid, anchor_grid)
+        return self._grids[key]
+
+    def initialize_biases(self, class_frequency: torch.Tensor | None = None) -> None:
+        """Objectness prior of ~8 objects per 640x640 image; class prior 0.6 / (nc - 0.99)."""
+        for conv, s in zip(self.m, self.stride):
+            b = conv.bias.view(self.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / float(s)) ** 2)
+            if class_frequency is None:
+                b.data[:, 5:] += math.log(0.6 / (self.nc - 0.99))
+            else:
+                b.data[:, 5:] += torch.log(class_frequency / class_frequency.sum())
+            conv.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+
+def _resolve_arg(a, ctx: BuildContext):
+    """The fixed symbol table of YAML args: 'nc', 'anchors', 'None'; anything else stays as written."""
+    if isinstance(a, str):
+        return {"nc": ctx.nc, "anchors": ctx.anchors, "None": None}.get(a, a)
+    return a
+
+
+def _row_inputs(f, i: int, chs: list[int], ch_img: int) -> tuple[list[int], list[int]]:
+    froms = [f] if isinstance(f, int) else list(f) if isinstance(f, list) else None
+    if not froms or not all(isinstance(x, int) and not isinstance(x, bool) for x in froms):
+        raise ValueError(f"'from' must be an int or a list of ints, got {f!r}")
+    channels = []
+    for x in froms:
+        j = x if x >= 0 else i + x
+        if i == 0 and x == -1:
+            channels.append(ch_img)
+        elif 0 <= j < i:
+            channels.append(chs[j])
+        else:
+            raise ValueError(f"'from' index {x} does not name an earlier layer (this is layer {i})")
+    return froms, channels
+
+
+def parse_model(cfg: dict, ch: int, source: str = "<dict>") -> tuple[nn.Sequential, list[int]]:
+    """Build the layers of a model YAML dict; errors name the YAML row."""
+    ctx = BuildContext(nc=int(cfg["nc"]), anchors=cfg.get("anchors"), width_multiple=float(cfg.get("width_multiple", 1.0)),
+                       depth_multiple=float(cfg.get("depth_multiple", 1.0)))
+    layers, save, chs = [], [], []
+    rows = [("backbone", j, r) for j, r in enumerate(cfg["backbone"])] + [("head", j, r) for j, r in enumerate(cfg["head"])]
+    for i, (section, j, row) in enumerate(rows):
+        where = f"{source}: {section} row {j} (layer {i}) {row}"
+        try:
+            if not isinstance(row, list) or len(row) != 4:
+                raise ValueError("a row is [from, number, module, args]")
+            f, n, name, args = row
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"'number' must be a positive int, got {n!r}")
+            entry = lookup_block(str(name))
+            froms, ch_in = _row_inputs(f, i, chs, ch)
+            n = max(round(n * ctx.depth_multiple), 1) if n > 1 else n
+            args = [_resolve_arg(a, ctx) for a in (args if isinstance(args, list) else [args])]
+            module, c2 = entry.builder(entry.cls, ch_in, args, n, ctx)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise ModelConfigError(f"{where}: {msg}") from None
+        module.i, module.f, module.type = i, (froms[0] if len(froms) == 1 else froms), str(name)
+        module.n, module.yaml_args, module.where = n, row[3], where
+        module.np = count_parameters(module)
+        save.extend(x % i for x in froms if x != -1 and not isinstance(module, SideInput))
+        layers.append(module)
+        chs.append(c2)
+    if not isinstance(layers[-1], Detect):
+        raise ModelConfigError(f"{source}: the last row must be Detect, got {layers[-1].type}")
+    return nn.Sequential(*layers), sorted(set(save))
+
+
+def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
+    """(YAML dict, a name for messages); bare names are looked up in models/."""
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg), cfg.get("yaml_file", "<dict>")
+    path = Path(cfg)
+    if not path.is_file() and (MODELS_DIR / path.name).is_file():
+        path = MODELS_DIR / path.name
+    if not path.is_file():
+        raise ModelConfigError(f"{cfg}: model YAML not found")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ModelConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ModelConfigError(f"{path}: expected a mapping with nc/anchors/backbone/head")
+    unknown = set(d) - MODEL_KEYS - {"yaml_file"}
+    if unknown:
+        raise ModelConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(MODEL_KEYS)})")
+    for key in ("nc", "backbone", "head"):
+        if key not in d:
+            raise ModelConfigError(f"{path}: missing '{key}'")
+    d["yaml_file"] = path.name
+    return d, str(path)
+
+
+class Model(nn.Module):
+    """A YOLOv5 detector built from a model YAML (path, bare name or dict)."""
+
+    def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None,
+                 anchors: list | None = None):
+        super().__init__()
+        self.yaml, source = load_model_yaml(cfg)
+        ch = self.yaml["ch"] = int(self.yaml.get("ch", ch))
+        if nc is not None and nc != self.yaml["nc"]:
+            LOGGER.info("Overriding %s nc=%s with nc=%s", self.yaml.get("yaml_file", "model"), self.yaml["nc"], nc)
+            self.yaml["nc"] = int(nc)
+        if anchors is not None:
+            self.yaml["anchors"] = anchors
+        self.in_channels = ch
+        self.model, self.save = parse_model(self.yaml, ch, source)
+        self.names = [str(i) for i in range(self.yaml["nc"])]
+        self._init_detect()
+        self._init_weights()
+
+    @property
+    def detect(self) -> Detect:
+        return self.model[-1]
+
+    @property
+    def side_inputs(self) -> dict[str, tuple[int, int]]:
+        """Extra inputs this model needs: name -> (channels, stride relative to the image)."""
+        return {m.name: (m.channels, getattr(m, "stride", 8)) for m in self.model if isinstance(m, SideInput)}
+
+    def _init_detect(self) -> None:
+        m, s = self.detect, 256
+        was_training = self.training
+        self.train()  # raw maps only: their sizes give the strides
+        with torch.no_grad():
+            x = torch.zeros(1, self.in_channels, s, s)
+            raw = self.forward(x, side=self.dummy_side(x), explain_errors=True)
+        m.stride.copy_(torch.tensor([s / r.shape[-2] for r in raw]))
+        m.anchors /= m.stride.view(-1, 1, 1)
+        self._check_anchor_order()
+        m.initialize_biases()
+        self.train(was_training)
+
+    def dummy_side(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Zero side inputs shaped for image batch x (dry runs, profiling)."""
+        h, w = x.shape[-2:]
+        return {name: torch.zeros(x.shape[0], c, max(h // s, 1), max(w // s, 1), device=x.device)
+                for name, (c, s) in self.side_inputs.items()}
+
+    def _check_anchor_order(self) -> None:
+        """Anchor areas must grow with stride as the levels do; flip them when a YAML lists them reversed."""
+        m = self.detect
+        area = m.anchors.prod(-1).mean(-1).view(-1)
+        if area[-1] != area[0] and (area[-1] - area[0]).sign() != (m.stride[-1] - m.stride[0]).sign():
+            LOGGER.info("Reversing anchor order to match the strides")
+            m.anchors[:] = m.anchors.flip(0)
+
+    def _init_weights(self) -> None:
+        for mod in self.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.eps, mod.momentum = 1e-3, 0.03
+            elif isinstance(mod, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
+                mod.inplace = True
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.detect.stride
+
+    def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor] | None = None, explain_errors: bool = False):
+        """Images (B, C, H, W) and, for models with SideInput rows, their named side inputs."""
+        outputs: list[torch.Tensor | None] = []
+        for m in self.model:
+            if m.f != -1 and not isinstance(m, SideInput):
+                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
+            if explain_errors:  # the dry run at build time: name the YAML row that cannot run
+                try:
+                    y = m(side) if isinstance(m, SideInput) else m(x)
+                except Exception as e:  # noqa: BLE001 - any failure here is a YAML problem to report
+                    raise ModelConfigError(f"{m.where}: fails on a dry run ({str(e).splitlines()[0][:200]})") from None
+            else:
+                y = m(side) if isinstance(m, SideInput) else m(x)
+            x = y
+            outputs.append(y if m.i in self.save else None)
+        return x
+
+    def fuse(self) -> "Model":
+        """Fold BatchNorms into convolutions for inference (same outputs, faster)."""
+        for m in self.model.modules():
+            if isinstance(m, Conv) and hasattr(m, "bn"):
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                del m.bn
+                m.forward = m.forward_fused
+        return self
+
+    def info(self, imgsz: int = 640, verbose: bool = False) -> dict:
+        """Log the layer table (verbose) and a summary; returns {'layers','parameters','gflops'}."""
+        if verbose:
+            LOGGER.info("%3s %18s %3s %10s  %-40s %-30s", "", "from", "n", "params", "module", "arguments")
+            for m in self.model:
+                LOGGER.info("%3s %18s %3s %10s  %-40s %-30s", m.i, str(m.f), m.n, f"{m.np:,}", m.type, m.yaml_args)
+        params = count_parameters(self)
+        grads = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        with contextlib.suppress(Exception):
+            gflops = self.gflops(imgsz)
+        summary = {"layers": len(list(self.modules())), "parameters": params, "gradients": grads,
+                   "gflops": locals().get("gflops")}
+        gf = f", {summary['gflops']:.1f} GFLOPs at {imgsz}" if summary["gflops"] else ""
+        LOGGER.info("%s summary: %d layers, %s parameters, %s gradients%s", self.yaml.get("yaml_file", "Model"),
+                    summary["layers"], f"{params:,}", f"{grads:,}", gf)
+        return summary
+
+    def gflops(self, imgsz: int = 640) -> float | None:
+        """GFLOPs at imgsz x imgsz, profiled at the largest stride and scaled by area."""
+        s = max(int(self.stride.max()), 32)
+        x = torch.zeros(1, self.in_channels, s, s, device=next(self.parameters()).device)
+        g = profile_gflops(self, (x, self.dummy_side(x)))
+        return None if g is None else g * (imgsz / s) ** 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build a model from its YAML and print its layer table.")
+    parser.add_argument("--cfg", default="yolov5s.yaml", help="model YAML (path or name in models/)")
+    parser.add_argument("--nc", type=int, default=None, help="override the number of classes")
+    parser.add_argument("--imgsz", type=int, default=640, help="image size for the GFLOPs figure")
+    opt = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model = Model(opt.cfg, nc=opt.nc)
+    except ModelConfigError as e:
+        sys.exit(f"error: {e}")
+    model.info(imgsz=opt.imgsz, verbose=True)
+
+
+if __name__ == "__main__":
+    main()

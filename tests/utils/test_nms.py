@@ -1,0 +1,52 @@
+"""NMS keeps the same boxes with torchvision's kernel and with the pure-torch fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils import nms as nms_module
+from utils.nms import nms, nms_torch, non_max_suppression
+
+
+def _random_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 200
+    wh = torch.rand(n, 2, generator=g) * 60 + 2
+    scores = torch.rand(n, generator=g)
+    scores[: n // 10] = scores[n // 10: 2 * (n // 10)]  # some exact ties
+    return torch.cat((xy, xy + wh), 1), scores
+
+
+@pytest.mark.skipif(nms_module._TORCHVISION_NMS is None, reason="torchvision ops unusable here")
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("iou", [0.3, 0.45, 0.7])
+def test_fallback_keeps_exactly_torchvisions_indices(seed, iou):
+    boxes, scores = _random_boxes(300, seed)
+    assert torch.equal(nms(boxes, scores, iou, use_torchvision=False), nms(boxes, scores, iou, use_torchvision=True))
+
+
+def test_fallback_suppresses_overlaps_by_score():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=torch.float32)
+    assert nms_torch(boxes, torch.tensor([0.5, 0.9, 0.3]), 0.5).tolist() == [1, 2]
+
+
+def test_runs_where_torchvision_ops_do_not_load(monkeypatch):
+    monkeypatch.setattr(nms_module, "_TORCHVISION_NMS", None)
+    pred = torch.zeros(1, 3, 7)  # xywh, obj, 2 classes
+    pred[0, :, :4] = torch.tensor([[50, 50, 20, 20], [51, 51, 20, 20], [150, 150, 20, 20]])
+    pred[0, :, 4] = 0.9
+    pred[0, :, 5] = torch.tensor([0.9, 0.8, 0.7])
+    out = non_max_suppression(pred, conf_thres=0.25, iou_thres=0.45)[0]
+    assert out.shape == (2, 6) and out[:, 4].tolist() == pytest.approx([0.81, 0.63])
+
+
+def test_class_aware_vs_agnostic_and_max_det():
+    pred = torch.zeros(1, 2, 7)
+    pred[0, :, :4] = torch.tensor([[50, 50, 20, 20], [51, 51, 20, 20]])
+    pred[0, :, 4] = 1.0
+    pred[0, 0, 5], pred[0, 1, 6] = 0.9, 0.8  # same place, different classes
+    assert len(non_max_suppression(pred, 0.25, 0.45)[0]) == 2
+    assert len(non_max_suppression(pred, 0.25, 0.45, agnostic=True)[0]) == 1
+    assert len(non_max_suppression(pred, 0.25, 0.45, max_det=1)[0]) == 1
+    assert non_max_suppression(pred, 0.25, 0.45, classes=[1])[0][:, 5].tolist() == [1.0]

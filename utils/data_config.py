@@ -1,0 +1,136 @@
+"""Data YAMLs (YOLOv5 format) parsed once into a DataConfig with resolved image lists.
+
+Keys: `path` (root; relative paths resolve against the repository root), `train`, `val`, optional
+`test` (dirs, image files, .txt lists, or lists of those, relative to `path`), `names` (list or
+{index: name}), optional `nc`, and optional `generate: {name: ..., **kwargs}` naming a registered
+dataset generator that builds the data on first use. Nothing in a data YAML is ever executed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+LOGGER = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMG_FORMATS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm")
+VID_FORMATS = (".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv")
+KNOWN_KEYS = {"path", "train", "val", "test", "names", "nc", "generate", "download"}
+
+# Fixed table of dataset generators a data YAML may name (module, function): no strings are executed.
+GENERATORS: dict[str, tuple[str, str]] = {"synth-defects": ("data.synthetic", "ensure_dataset")}
+
+
+class DataConfigError(ValueError):
+    """A data YAML that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class DataConfig:
+    yaml_path: Path
+    root: Path
+    names: list[str]
+    splits: dict[str, list[Path]] = field(default_factory=dict)  # split -> image files
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+    def images(self, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise DataConfigError(f"{self.yaml_path}: no '{split}' split (has: {', '.join(self.splits)})")
+        return self.splits[split]
+
+
+def img2label_paths(img_paths: list[Path]) -> list[Path]:
+    """/root/images/train/a.png -> /root/labels/train/a.txt (the last /images/ becomes /labels/)."""
+    out = []
+    for p in img_paths:
+        parts = list(Path(p).parts)
+        idx = max((i for i, s in enumerate(parts) if s == "images"), default=None)
+        if idx is not None:
+            parts[idx] = "labels"
+        out.append(Path(*parts).with_suffix(".txt"))
+    return out
+
+
+def list_images(source: str | Path | list, base: Path | None = None) -> list[Path]:
+    """Image files named by a directory (recursive), a file, a .txt list or a glob; sorted, unique."""
+    if isinstance(source, (list, tuple)):
+        return sorted({p for s in source for p in list_images(s, base)})
+    p = Path(source)
+    if base is not None and not p.is_absolute():
+        p = base / p
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_FORMATS and f.is_file())
+    if p.suffix.lower() == ".txt" and p.is_file():
+        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        return sorted({(p.parent / ln).resolve() if not Path(ln).is_absolute() else Path(ln) for ln in lines})
+    if p.is_file():
+        return [p]
+    if any(ch in str(p) for ch in "*?["):
+        return sorted(f for f in p.parent.glob(p.name) if f.suffix.lower() in IMG_FORMATS)
+    raise FileNotFoundError(f"{p}: no such image file, directory or list")
+
+
+def _parse_names(yaml_path: Path, raw: dict) -> list[str]:
+    names = raw.get("names")
+    if isinstance(names, dict):
+        keys = sorted(names)
+        if keys != list(range(len(keys))):
+            raise DataConfigError(f"{yaml_path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}")
+        names = [str(names[k]) for k in keys]
+    if not isinstance(names, list) or not names:
+        raise DataConfigError(f"{yaml_path}: 'names' must be a non-empty list or {{index: name}} mapping")
+    if "nc" in raw and int(raw["nc"]) != len(names):
+        raise DataConfigError(f"{yaml_path}: nc={raw['nc']} but {len(names)} names are given")
+    return [str(n) for n in names]
+
+
+def _run_generator(yaml_path: Path, root: Path, spec: dict) -> None:
+    if not isinstance(spec, dict) or spec.get("name") not in GENERATORS:
+        raise DataConfigError(f"{yaml_path}: 'generate.name' must be one of {sorted(GENERATORS)}")
+    module, func = GENERATORS[spec["name"]]
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    getattr(importlib.import_module(module), func)(root, **kwargs)
+
+
+def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
+    """Parse and check a data YAML; build a generated dataset on first use."""
+    yaml_path = Path(path)
+    if not yaml_path.is_file() and (REPO_ROOT / "data" / yaml_path.name).is_file() and not yaml_path.parent.name:
+        yaml_path = REPO_ROOT / "data" / yaml_path.name  # `--data synth-defects.yaml` as in YOLOv5
+    if not yaml_path.is_file():
+        raise DataConfigError(f"{yaml_path}: data YAML not found")
+    try:
+        raw = yaml.safe_load(yaml_path.read_text())
+    except yaml.YAMLError as e:
+        raise DataConfigError(f"{yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise DataConfigError(f"{yaml_path}: expected a mapping with path/train/val/names")
+    unknown = set(raw) - KNOWN_KEYS
+    if unknown:
+        raise DataConfigError(f"{yaml_path}: unknown keys {sorted(unknown)} (known: {sorted(KNOWN_KEYS)})")
+    if "download" in raw:
+        LOGGER.warning("%s: 'download' is ignored (nothing is downloaded or executed); fetch the data yourself", yaml_path)
+    for key in ("train", "val"):
+        if key not in raw:
+            raise DataConfigError(f"{yaml_path}: missing '{key}'")
+    names = _parse_names(yaml_path, raw)
+    root = Path(raw.get("path") or yaml_path.parent)
+    root = root if root.is_absolute() else (REPO_ROOT / root).resolve()
+    if "generate" in raw and autogenerate:
+        _run_generator(yaml_path, root, raw["generate"])
+    cfg = DataConfig(yaml_path=yaml_path, root=root, names=names)
+    for split in ("train", "val", "test"):
+        if raw.get(split):
+            try:
+                cfg.splits[split] = list_images(raw[split], base=root)
+            except FileNotFoundError as e:
+                raise DataConfigError(f"{yaml_path}: split '{split}': {e}") from None
+    return cfg

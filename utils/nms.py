@@ -1,0 +1,98 @@
+"""Non-maximum suppression: torchvision's kernel when its ops load, an exact pure-torch twin otherwise.
+
+Some torch builds ship without a matching torchvision (its ops fail with "operator torchvision::nms
+does not exist"); detection must still run there and give the same kept boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from utils.boxes import box_iou, xywh2xyxy
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _load_torchvision_nms():
+    try:
+        import torchvision
+
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+        torchvision.ops.nms(boxes, torch.ones(1), 0.5)  # raises where the compiled ops are missing
+        return torchvision.ops.nms
+    except Exception as e:  # ImportError, RuntimeError for missing operators
+        LOGGER.debug("torchvision NMS unavailable (%s); using the pure-torch NMS", e)
+        return None
+
+
+_TORCHVISION_NMS = _load_torchvision_nms()
+
+
+def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """Greedy NMS in plain torch with torchvision's semantics: indices kept, by descending score.
+
+    A box is dropped when its IoU with a higher-scored kept box is strictly greater than iou_thres;
+    ties in score keep torchvision's order (stable descending sort).
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    iou = box_iou(boxes[order].float(), boxes[order].float())
+    n = order.numel()
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep = []
+    over = (iou > iou_thres).cpu()
+    sup = suppressed.cpu()
+    for i in range(n):
+        if sup[i]:
+            continue
+        keep.append(i)
+        sup |= over[i]
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, use_torchvision: bool | None = None) -> torch.Tensor:
+    """Kept indices of xyxy `boxes` (n, 4) by score (n,); torchvision's kernel when available."""
+    use_tv = _TORCHVISION_NMS is not None if use_torchvision is None else use_torchvision
+    if use_tv:
+        if _TORCHVISION_NMS is None:
+            raise RuntimeError("torchvision NMS requested but torchvision's ops do not load here")
+        return _TORCHVISION_NMS(boxes, scores, iou_thres)
+    return nms_torch(boxes, scores, iou_thres)
+
+
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: list[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                        max_det: int = 300, max_nms: int = 30000, max_wh: int = 7680,
+                        use_torchvision: bool | None = None) -> list[torch.Tensor]:
+    """Decoded predictions (B, N, 5+nc) [xywh, obj, cls...] -> per image (n, 6) [x1, y1, x2, y2, conf, cls].
+
+    Class-aware unless `agnostic`: boxes are offset by class * max_wh so classes never suppress
+    each other. Scores are obj * cls probability.
+    """
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must lie in [0, 1]")
+    output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]
+    for b, x in enumerate(prediction):
+        x = x[x[:, 4] > conf_thres]
+        if not x.shape[0]:
+            continue
+        scores = x[:, 5:] * x[:, 4:5]
+        box = xywh2xyxy(x[:, :4])
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+            det = torch.cat((box[i], scores[i, j, None], j[:, None].float()), 1)
+        else:
+            conf, j = scores.max(1, keepdim=True)
+            det = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
+        if not det.shape[0]:
+            continue
+        det = det[det[:, 4].argsort(descending=True)[:max_nms]]
+        offsets = det[:, 5:6] * (0 if agnostic else max_wh)
+        keep = nms(det[:, :4] + offsets, det[:, 4], iou_thres, use_torchvision)[:max_det]
+        output[b] = det[keep]
+    return output

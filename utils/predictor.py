@@ -1,0 +1,88 @@
+"""Single-image inference shared by detect.py (and deployment back-ends): pre-process, forward, NMS, rescale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from utils.augmentations import letterbox, stretch
+from utils.boxes import scale_boxes
+from utils.nms import non_max_suppression
+from utils.torch_utils import time_sync
+
+# side_fn(path, image_bgr, input_hw) -> extra model inputs (e.g. D3N latents); None for plain models
+SideFn = Callable[[object, np.ndarray, tuple[int, int]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class PredictOptions:
+    imgsz: int = 640
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    max_det: int = 1000
+    classes: list[int] | None = None
+    agnostic_nms: bool = False
+    scale: bool = False  # letterbox-free: stretch to imgsz x imgsz (the D3N paper's input)
+    half: bool = False  # fp16 on CUDA, bf16 autocast on CPU
+
+
+@dataclass
+class Timings:
+    pre: float = 0.0
+    inference: float = 0.0
+    nms: float = 0.0
+    count: int = 0
+    last: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def add(self, pre: float, inf: float, nms: float) -> None:
+        self.last = (pre, inf, nms)
+        self.pre, self.inference, self.nms, self.count = self.pre + pre, self.inference + inf, self.nms + nms, self.count + 1
+
+    def per_image_ms(self) -> tuple[float, float, float]:
+        n = max(self.count, 1)
+        return 1e3 * self.pre / n, 1e3 * self.inference / n, 1e3 * self.nms / n
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    options: PredictOptions
+    side_fn: SideFn | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    def __post_init__(self):
+        self.device = next(self.model.parameters()).device
+        self.stride = int(self.model.stride.max())
+
+    def preprocess(self, im0: np.ndarray) -> tuple[torch.Tensor, tuple]:
+        """BGR image -> (1, 3, H, W) float tensor in 0-1 and the ratio_pad that undoes the resize."""
+        if self.options.scale:
+            im, (rw, rh) = stretch(im0, (self.options.imgsz, self.options.imgsz))
+            ratio_pad = ((rh, rw), (0.0, 0.0))
+        else:
+            im, (rw, rh), (dw, dh) = letterbox(im0, self.options.imgsz, auto=True, stride=self.stride)
+            ratio_pad = ((rh, rw), (dw, dh))
+        x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))).to(self.device)
+        x = x.half() if self.options.half and self.device.type == "cuda" else x.float()
+        return (x / 255.0)[None], ratio_pad
+
+    @torch.inference_mode()
+    def __call__(self, im0: np.ndarray, path: object = None) -> torch.Tensor:
+        """Detections (n, 6) [x1, y1, x2, y2, conf, cls] in the pixels of im0."""
+        t0 = time_sync()
+        x, ratio_pad = self.preprocess(im0)
+        side = self.side_fn(path, im0, tuple(x.shape[-2:])) if self.side_fn else None
+        t1 = time_sync()
+        bf16 = self.options.half and self.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = self.model(x, side) if side is not None else self.model(x)
+        pred = (out[0] if isinstance(out, (tuple, list)) else out).float()
+        t2 = time_sync()
+        o = self.options
+        det = non_max_suppression(pred, o.conf_thres, o.iou_thres, o.classes, o.agnostic_nms, max_det=o.max_det)[0]
+        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2], ratio_pad).round()
+        self.timings.add(t1 - t0, t2 - t1, time_sync() - t2)
+        return det

@@ -1,0 +1,101 @@
+"""Inputs for detect.py: an image, a directory, a glob, a .txt list of paths, or a video file.
+
+Unreadable images and videos are skipped with a warning, never a crash in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from utils.data_config import IMG_FORMATS, VID_FORMATS
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    path: Path
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    frame: int = 0  # frame index for videos, 0 for images
+    frames: int = 1  # frames in the video, 1 for images
+    fps: float = 0.0
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.suffix.lower() in VID_FORMATS
+
+
+def resolve_source(source: str | Path) -> list[Path]:
+    """Media files named by `source`, in a stable order; raises if it names nothing at all."""
+    s = str(source)
+    p = Path(s)
+    if any(ch in s for ch in "*?["):
+        files = [Path(f) for f in sorted(glob.glob(s, recursive=True))]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+    elif p.suffix.lower() == ".txt" and p.is_file():
+        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        files = [Path(ln) if Path(ln).is_absolute() else p.parent / ln for ln in lines]
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"{source}: no such file, directory, glob or list")
+    media = [f for f in files if f.suffix.lower() in IMG_FORMATS + VID_FORMATS]
+    if not media:
+        raise FileNotFoundError(f"{source}: no images or videos found (image types: {', '.join(IMG_FORMATS)}; "
+                                f"video types: {', '.join(VID_FORMATS)})")
+    return media
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """BGR uint8 (H, W, 3), grey and alpha images converted; None when the file is unreadable."""
+    try:
+        im = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+    except (OSError, cv2.error):
+        return None
+    return im if im is not None and im.size else None
+
+
+def iter_frames(files: list[Path], skipped: list[Path] | None = None) -> Iterator[Frame]:
+    """Yield every image and every video frame; warn about, skip (and list in `skipped`) what cannot be read."""
+    skipped = [] if skipped is None else skipped
+    for path in files:
+        if path.suffix.lower() in VID_FORMATS:
+            yield from _video_frames(path, skipped)
+            continue
+        im = read_image(path)
+        if im is None:
+            LOGGER.warning("WARNING: %s: unreadable or corrupt image, skipped", path)
+            skipped.append(path)
+            continue
+        yield Frame(path, im)
+
+
+def _video_frames(path: Path, skipped: list[Path]) -> Iterator[Frame]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        LOGGER.warning("WARNING: %s: cannot open video, skipped", path)
+        skipped.append(path)
+        return
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    i = 0
+    try:
+        while True:
+            ok, im = cap.read()
+            if not ok:
+                break
+            yield Frame(path, im, i, frames, fps)
+            i += 1
+    finally:
+        cap.release()
+    if i == 0:
+        LOGGER.warning("WARNING: %s: no decodable frames, skipped", path)
+        skipped.append(path)
