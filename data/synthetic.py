@@ -112,12 +112,12 @@ def _overlaps(box: tuple[int, int, int, int], others: list[Defect]) -> bool:
 
 
 def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Defect]]:
-    """One grey image (S, S) uint8 with 1-4 defects that do not overlap, and their boxes."""
+    """One grey image (S, S) uint8 with 1-4 defects (overlapping at most MAX_OVERLAP), and their boxes."""
     image = render_background(rng, size)
     defects: list[Defect] = []
     for k in range(int(rng.integers(1, 5))):
         cls = int(rng.integers(len(CLASS_NAMES)))
-        tries = PLACEMENT_TRIES * (4 if k == 0 else 1)  # the first one always finds room
+        tries = PLACEMENT_TRIES * (4 if k == 0 else 1)  # more for the first, so no image is empty
         for _ in range(tries):
             layer, box = draw_defect(cls, rng, size)
             if box is not None and not _overlaps(box, defects):
@@ -262,11 +262,11 @@ def render_samples_grid(root: Path, out: Path, n: int = 16, tile: int = 200) -> 
         raise FileNotFoundError(f"{root}: no images under images/val or images/train")
     cols = math.ceil(math.sqrt(len(paths)))
     rows = math.ceil(len(paths) / cols)
-    gap = 4
-    grid = np.full((rows * (tile + gap) - gap, cols * (tile + gap) - gap, 3), 255, np.uint8)
+    step = tile + 4  # a white gap between tiles
+    grid = np.full((rows * step - 4, cols * step - 4, 3), 255, np.uint8)
     for k, path in enumerate(paths):
-        r, c = divmod(k, cols)
-        grid[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile] = _draw_tile(path, tile)
+        y, x = (step * v for v in divmod(k, cols))
+        grid[y:y + tile, x:x + tile] = _draw_tile(path, tile)
     ok, jpg = cv2.imencode(".jpg", grid, [cv2.IMWRITE_JPEG_QUALITY, 80])
     if not ok:
         raise RuntimeError(f"{out}: JPEG encoding failed")
