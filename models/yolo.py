@@ -94,6 +94,10 @@ class Detect(nn.Module):
             self._grids[key] = (grid, anchor_grid)
         return self._grids[key]
 
+    def reset_grids(self) -> None:
+        """Forget cached decoding grids (after anchors change, e.g. by AutoAnchor)."""
+        self._grids.clear()
+
     def initialize_biases(self, class_frequency: torch.Tensor | None = None) -> None:
         """Objectness prior of ~8 objects per 640x640 image; class prior 0.6 / (nc - 0.99)."""
         for conv, s in zip(self.m, self.stride):

@@ -40,7 +40,7 @@ def best_possible_recall(wh: np.ndarray, anchors: np.ndarray, thr: float) -> tup
 
 def anchor_fitness(wh: np.ndarray, anchors: np.ndarray, thr: float) -> float:
     """What the evolution maximises: the mean best ratio, counting only boxes within reach."""
-    best = _ratio_metric(wh, anchors).max(1)
+    best = _ratio_metric(np.asarray(wh, dtype=np.float64), np.asarray(anchors, dtype=np.float64)).max(1)
     return float((best * (best > 1 / thr)).mean())
 
 
@@ -139,5 +139,4 @@ def _write_anchors(detect: nn.Module, anchors_px: np.ndarray) -> None:
     order = detect.stride.argsort()  # level order from fine to coarse
     with torch.no_grad():
         a[order] = grouped / detect.stride[order].view(-1, 1, 1).to(a.dtype)
-    if hasattr(detect, "_grids"):
-        detect._grids.clear()  # the eval decoder caches pixel anchor grids
+    detect.reset_grids()  # the eval decoder caches pixel anchor grids

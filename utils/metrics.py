@@ -76,20 +76,24 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
 
 def _match_by_conf(iou: torch.Tensor, same_cls: torch.Tensor, conf: torch.Tensor,
                    iouv: torch.Tensor) -> torch.Tensor:
-    """COCOeval's matching, all thresholds at once: iou, same_cls (m, n), conf (n,) -> (n, t)."""
-    t = iouv.numel()
-    candidate = same_cls[..., None] & (iou[..., None] >= iouv)  # (m, n, t)
-    free = torch.ones(iou.shape[0], t, dtype=torch.bool, device=iou.device)  # (m, t)
-    correct = torch.zeros(iou.shape[1], t, dtype=torch.bool, device=iou.device)
-    thresholds = torch.arange(t, device=iou.device)
-    order = torch.argsort(conf, descending=True, stable=True)
-    for j in order[candidate.any(0).any(1)[order]].tolist():  # detections that can match at all
+    """COCOeval's matching, all thresholds at once: iou, same_cls (m, n), conf (n,) -> (n, t).
+
+    A loop over detections, so it runs in numpy on the CPU (a tenth of torch's per-op cost).
+    """
+    iou_np, iouv_np = iou.cpu().numpy(), iouv.cpu().numpy()
+    candidate = same_cls.cpu().numpy()[..., None] & (iou_np[..., None] >= iouv_np)  # (m, n, t)
+    t = len(iouv_np)
+    free = np.ones((iou_np.shape[0], t), dtype=bool)  # (m, t) labels still unmatched
+    correct = np.zeros((iou_np.shape[1], t), dtype=bool)
+    thresholds = np.arange(t)
+    order = np.argsort(-conf.cpu().numpy(), kind="stable")
+    for j in order[candidate.any(axis=(0, 2))[order]]:  # detections that can match at all
         ok = candidate[:, j] & free  # (m, t)
-        best = torch.where(ok, iou[:, j, None], -1.0).argmax(0)  # (t,) label per threshold
+        best = np.where(ok, iou_np[:, j, None], -1.0).argmax(0)  # (t,) label per threshold
         hit = ok[best, thresholds]  # (t,)
         correct[j] = hit
         free[best[hit], thresholds[hit]] = False
-    return correct
+    return torch.from_numpy(correct)
 
 
 @dataclass
@@ -173,7 +177,7 @@ def _class_curves(tp: np.ndarray, conf: np.ndarray, n_labels: int, eps: float):
 
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
                  *, plot: bool = False, save_dir: Path | None = None,
-                 names: dict[int, str] | None = None, eps: float = 1e-16) -> APResult:
+                 names: dict[int, str] | list[str] | None = None, eps: float = 1e-16) -> APResult:
     """Precision, recall, F1 and AP per class from the val set's matched detections.
 
     tp (n, t) bool from `match_predictions`, conf (n,), pred_cls (n,), target_cls (m,) for all
@@ -207,8 +211,8 @@ def _plot_curves(pr, ap, p_curve, r_curve, f1_curve, classes, save_dir, names) -
 
     if save_dir is None:
         raise ValueError("ap_per_class: plot=True needs save_dir")
-    names = names or {}
-    labels = [names.get(int(c), str(int(c))) for c in classes]
+    names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else names or {}
+    labels = [str(names.get(int(c), int(c))) for c in classes]
     save_dir = Path(save_dir)
     plot_pr_curve(RECALL_POINTS, pr, ap, save_dir, labels)
     for curve, ylabel, fname in ((f1_curve, "F1", "F1_curve.png"),

@@ -322,13 +322,14 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_dir: Path, names: list[st
     return _save_figure(fig, _curve_path(save_dir, fname or f"{ylabel}_curve.png"))
 
 
-def plot_confusion_matrix(matrix: np.ndarray, save_dir: Path, names: list[str],
+def plot_confusion_matrix(matrix: np.ndarray, save_dir: Path, names: list[str] | dict,
                           normalize: bool = True) -> Path:
     """confusion_matrix.png: a seaborn heatmap, predicted (rows) against true (columns)."""
     import seaborn as sn  # slow import, only needed here
 
     matrix = np.asarray(matrix, dtype=np.float64)  # (nc + 1, nc + 1)
     nc = len(matrix) - 1
+    names = list(names.values()) if isinstance(names, dict) else list(names)
     array = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.copy()
     array[array < (0.005 if normalize else 1)] = np.nan  # empty cells stay white
     ticks = [*list(names), "background"] if len(names) == nc else "auto"
