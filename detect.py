@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 import torch
 
-from models.loading import load_model
+from utils.backends import DetectBackend, load_backend
 from utils.boxes import xyxy2xywh
 from utils.checkpoints import CheckpointError
 from utils.files import atomic_write_bytes, increment_path, safe_name
+from utils.gradcam import CamWriter
 from utils.logging import set_logging
 from utils.plots import Annotator, colors
 from utils.predictor import PredictOptions, Predictor
@@ -42,6 +43,7 @@ class OutputOptions:
     line_thickness: int = 3
     hide_labels: bool = False
     hide_conf: bool = False
+    cam_layers: list[int] | None = None  # --cam: Grad-CAM++ strips in cam/ for these layers ([]: Detect's inputs)
 
 
 def write_labels(path: Path, det: torch.Tensor, shape: tuple[int, int], with_conf: bool) -> None:
@@ -101,7 +103,7 @@ def run(weights: Path, source: str, predict: PredictOptions, out: OutputOptions,
         side_fn=None) -> Path:
     """Detect on every frame of `source`; returns the run directory."""
     dev = select_device(device)
-    model = load_model(weights, dev, fuse=True)
+    model = load_backend(weights, dev, fuse=True)
     if predict.half and dev.type == "cuda":
         model.half()
     if model.side_inputs and side_fn is None:
@@ -109,6 +111,9 @@ def run(weights: Path, source: str, predict: PredictOptions, out: OutputOptions,
                          "(a D3N teacher): pass --latents <feature repository>")
     predictor = Predictor(model, predict, side_fn)
     names = model.names
+    if out.cam_layers is not None and isinstance(model, DetectBackend):
+        raise ValueError(f"{weights}: --cam needs gradients, so the .pt checkpoint, not an export")
+    cam = CamWriter(model, predictor, names, out.save_dir, out.cam_layers) if out.cam_layers is not None else None
     files = resolve_source(source)
     out.save_dir.mkdir(parents=True, exist_ok=True)
     videos, seen, skipped = VideoWriters(), 0, []
@@ -117,6 +122,8 @@ def run(weights: Path, source: str, predict: PredictOptions, out: OutputOptions,
             det = predictor(frame.image, frame.path)
             seen += 1
             _save_frame(frame, det, names, out, videos)
+            if cam is not None:
+                cam.write(frame, det)
             where = f"video {frame.frame + 1}/{frame.frames}" if frame.is_video else f"image {seen}"
             LOGGER.info("%s %s: %dx%d %s, %.1fms", where, frame.path, frame.image.shape[1], frame.image.shape[0],
                         describe(det, names), 1e3 * predictor.timings.last[1])
@@ -148,7 +155,8 @@ def _save_frame(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOp
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt", help="detector checkpoint (.pt)")
+    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
+                   help="detector checkpoint (.pt) or export (.onnx, .torchscript)")
     p.add_argument("--source", default=str(ROOT / "data" / "images"), help="image, dir, glob, .txt list or video")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
@@ -169,6 +177,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
     p.add_argument("--scale", action="store_true", help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
+    p.add_argument("--cam", nargs="*", type=int, default=None, metavar="LAYER",
+                   help="Grad-CAM++ heat maps per class in cam/ (.pt only); model layers, default Detect's inputs")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return p.parse_args(argv)
 
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
                              opt.scale, opt.half)
     save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok)
     out = OutputOptions(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop, opt.line_thickness,
-                        opt.hide_labels, opt.hide_conf)
+                        opt.hide_labels, opt.hide_conf, opt.cam)
     try:
         return run(opt.weights, opt.source, predict, out, opt.device)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

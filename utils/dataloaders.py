@@ -10,6 +10,8 @@ touch the image only. Under mixup the extras are mixed with the same weight as t
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -450,29 +452,31 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
                       augment: bool = False, cache: str | None = None, rect: bool = False, scale_mode: bool = False,
                       workers: int = 8, shuffle: bool = False, seed: int = 0, single_cls: bool = False,
                       nc: int | None = None, prefix: str = "", dataset_cls: type = LoadImagesAndLabels,
-                      dataset_kwargs: dict | None = None) -> tuple[DataLoader, Dataset]:
+                      dataset_kwargs: dict | None = None, distributed: bool | None = None) -> tuple[DataLoader, Dataset]:
     """A DataLoader over `dataset_cls`; under torch.distributed each rank gets its share of every epoch.
 
     Shuffling uses a sampler seeded by (seed, epoch), so call `set_loader_epoch` before each epoch.
+    `distributed=False` builds a whole-split loader on one rank (rank-0 validation under DDP).
     """
+    use_dist = dist.is_initialized() if distributed is None else distributed
     if rect and shuffle:
         LOGGER.warning("%srect=True is incompatible with shuffle; setting shuffle=False", prefix)
         shuffle = False
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = dist.get_world_size() if use_dist else 1
     kwargs = dict(imgsz=imgsz, batch_size=batch_size * world,  # rect shapes per global batch: ranks interleave
                   augment=augment, hyp=hyp, rect=rect, stride=stride, scale_mode=scale_mode, cache=cache,
                   single_cls=single_cls, nc=nc, seed=seed, prefix=prefix)
     kwargs.update(dataset_kwargs or {})
-    with main_process_first():
+    with main_process_first() if use_dist else contextlib.nullcontext():
         dataset = dataset_cls(img_files, **kwargs)
     batch_size = min(batch_size, len(dataset))
     nw = min((os.cpu_count() or 1) // world, batch_size if batch_size > 1 else 0, workers)
-    if dist.is_initialized():
+    if use_dist:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     else:  # one replica: the same per-epoch seeded shuffle, without a process group
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed) if shuffle else None
     generator = torch.Generator()
-    generator.manual_seed(seed + (dist.get_rank() if dist.is_initialized() else 0))
+    generator.manual_seed(seed + (dist.get_rank() if use_dist else 0))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
                         pin_memory=torch.cuda.is_available(), collate_fn=collate_fn, worker_init_fn=seed_worker,
                         generator=generator, persistent_workers=nw > 0)

@@ -1,0 +1,90 @@
+"""train.py: trains from scratch offline, resumes exactly, survives bad data, runs under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+import train
+from utils.checkpoints import load_checkpoint
+from utils.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _flags(data: Path, cfg: Path, project: Path, name: str, *extra: str) -> list[str]:
+    return ["--data", str(data), "--cfg", str(cfg), "--imgsz", "64", "--batch-size", "8", "--epochs", "3",
+            "--workers", "0", "--project", str(project), "--name", name, "--noplots", "--quiet", *extra]
+
+
+def _final_weights(run: Path) -> dict:
+    return load_checkpoint(run / "weights" / "last.pt")["state_dict"]
+
+
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path, tiny_data, tiny_model_yaml, monkeypatch):
+    full = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "full"))
+
+    calls = {"n": 0}
+    real_step = Trainer._optimizer_step
+
+    def killed_mid_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 1 of 3 (2 steps per epoch), before it ends
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", killed_mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "killed"))
+    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    killed = tmp_path / "killed"
+    assert load_checkpoint(killed / "weights" / "last.pt")["epoch"] == 0  # the last complete epoch, intact
+
+    resumed = train.main(["--resume", str(killed / "weights" / "last.pt"), "--quiet"])
+    assert resumed == killed
+    assert [r.split(",")[0] for r in (killed / "results.csv").read_text().splitlines()[1:]] == ["0", "1", "2"]
+    expected, got = _final_weights(full), _final_weights(killed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_corrupt_images_and_bad_label_rows_are_skipped(tmp_path, tiny_data, tiny_model_yaml, caplog):
+    root = tiny_data.parent
+    images = sorted((root / "images" / "train").iterdir())
+    images[0].write_bytes(b"not a png at all")
+    label = root / "labels" / "train" / (images[1].stem + ".txt")
+    label.write_text(label.read_text() + "7 0.5 0.5 0.1 0.1\n0 0.5 nan 0.1\nbanana\n")
+    run = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "bad", "--epochs", "1"))
+    assert (run / "weights" / "best.pt").exists()
+    text = caplog.text
+    assert images[0].name in text and "1 corrupt" in text
+    assert label.name in text
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tiny_data, tiny_model_yaml):
+    with pytest.raises(SystemExit, match=r"nope.yaml: data YAML not found"):
+        train.main(_flags(tmp_path / "nope.yaml", tiny_model_yaml, tmp_path, "e1"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit, match=r"broken.pt: not a readable checkpoint"):
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "e2", "--weights", str(broken)))
+    with pytest.raises(SystemExit, match="--evolve"):
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "e3", "--evolve"))
+
+
+def test_torchrun_two_cpu_processes_write_one_set_of_results(tmp_path, tiny_data, tiny_model_yaml):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           str(REPO / "train.py"), *_flags(tiny_data, tiny_model_yaml, tmp_path, "ddp", "--epochs", "2", "--device", "cpu")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("ddp"))
+    assert runs == ["ddp"]
+    rows = (tmp_path / "ddp" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs, written once (rank 0)
+    assert load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")["epoch"] == 1

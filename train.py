@@ -1,0 +1,103 @@
+"""Train a YOLOv5 detector (from scratch or from a checkpoint), offline.
+
+    python train.py --data data/synth-defects.yaml --cfg yolov5n.yaml --imgsz 160 --epochs 30
+    torchrun --nproc_per_node 2 train.py ...   # DDP (gloo on CPU, nccl on GPU)
+
+D3N teacher (hybrid) models train with --cfg models/yolov5s-d3n.yaml --latents <feature repository>.
+Results go to runs/train/exp<N>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from utils.checkpoints import CheckpointError, load_checkpoint
+from utils.data_config import DataConfigError
+from utils.logging import set_logging
+from utils.trainer import StopTraining, Trainer, TrainOptions
+from models.yolo import ModelConfigError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The YOLOv5 training flags (shared with train_distill.py)."""
+    p.add_argument("--weights", default="", help="initial weights (detector checkpoint); '' = from scratch")
+    p.add_argument("--cfg", default="yolov5s.yaml", help="model YAML (path or name in models/)")
+    p.add_argument("--data", default=str(ROOT / "data" / "synth-defects.yaml"), help="data YAML")
+    p.add_argument("--hyp", default="", help="hyper-parameter YAML (default data/hyps/hyp.scratch-low.yaml)")
+    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all processes")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train/val image size (pixels)")
+    p.add_argument("--rect", action="store_true", help="rectangular training batches")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: path to last.pt, or the newest run")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="keep the YAML's anchors")
+    p.add_argument("--noplots", action="store_true", help="write no plots")
+    p.add_argument("--evolve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process under DDP)")
+    p.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[], help="freeze layers, e.g. --freeze 0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--scale", action="store_true", help="letterbox-free: stretch images to imgsz x imgsz (D3N paper)")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return p
+
+
+def resolve_resume(resume, project: str) -> str:
+    """--resume with no path takes the newest last.pt under the project."""
+    if resume is True:
+        candidates = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise SystemExit(f"error: --resume: no last.pt found under {project}")
+        return str(candidates[-1])
+    return str(resume) if resume else ""
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """Flags -> TrainOptions; with --resume the run's saved options are restored (device/workers may change)."""
+    if args.evolve:
+        raise SystemExit("error: --evolve (hyper-parameter evolution) is not supported; tune the hyp YAML instead")
+    resume = resolve_resume(args.resume, args.project)
+    values = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
+    if resume:
+        saved = load_checkpoint(resume, expect="detector").get("train_opts") or {}
+        if not saved:
+            raise SystemExit(f"error: {resume}: has no training state to resume (a stripped final checkpoint?)")
+        values = {**saved, "device": args.device, "workers": args.workers, "quiet": args.quiet}
+    values["resume"] = resume
+    return TrainOptions(**values)
+
+
+def run_training(opt: TrainOptions, task=None) -> Path:
+    """Train and return the run directory; user errors become one-line exits."""
+    try:
+        return Trainer(opt, task).train()
+    except (CheckpointError, DataConfigError, ModelConfigError, FileNotFoundError, ValueError, StopTraining) as e:
+        sys.exit(f"error: {e}")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = add_train_flags(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    set_logging(not args.quiet)
+    return run_training(options_from_args(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Deployment back-ends: run a .pt checkpoint, an .onnx or a .torchscript export behind one call.
+
+Predictor (detect.py) and the validator (val.py) need only `model(images) -> decoded (B, N, 5 + nc)`,
+`stride`, `names`, `side_inputs` and the device of `next(model.parameters())`; `load_backend` gives
+them that for every format, so the scripts take `--weights model.onnx` unchanged. Exports carry the
+class names, strides and input size in their own metadata (ONNX `metadata_props`, TorchScript
+`_extra_files`), so they are self-describing without the checkpoint.
+
+A static-shape ONNX export takes exactly its exported size: smaller inputs (detect.py's stride-
+multiple letterbox, val.py's rectangular batches) are padded on the right and bottom with the
+letterbox grey, which keeps box coordinates, and detections centred in that padding are zeroed;
+larger ones are an error. Batches run image by image when the export has a fixed batch of 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.loading import load_model
+from utils.augmentations import PAD_VALUE
+from utils.checkpoints import CheckpointError
+
+LOGGER = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "d3n-export/1"
+TORCHSCRIPT_CONFIG = "config.json"  # the _extra_files entry holding ExportMetadata
+EXPORT_SUFFIXES = (".onnx", ".torchscript")
+
+
+@dataclass
+class ExportMetadata:
+    """What an exported detector must carry to be run without its checkpoint."""
+
+    names: list[str]
+    stride: list[float]  # per detection level, e.g. [8, 16, 32]
+    imgsz: tuple[int, int]  # (h, w) the export was traced at
+    batch: int = 1  # traced batch size (any batch when dynamic)
+    dynamic: bool = False  # batch, height and width are free
+    half: bool = False  # fp16 weights and inputs
+    source: str = ""  # the checkpoint it came from
+    int8: str = ""  # "qdq" / "qoperator" for quantized ONNX models, "" otherwise
+
+    def to_strings(self) -> dict[str, str]:
+        """ONNX metadata_props want str -> str; every value is JSON."""
+        return {"format": EXPORT_FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_strings(cls, props: dict[str, str], path: Path) -> "ExportMetadata":
+        if props.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{path}: not a D3N detector export (no {EXPORT_FORMAT!r} metadata; "
+                                  "export it with export.py)")
+        try:
+            values = {k: json.loads(props[k]) for k in cls.__dataclass_fields__ if k in props}
+            meta = cls(**values)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise CheckpointError(f"{path}: unreadable export metadata ({e})") from None
+        meta.imgsz = (int(meta.imgsz[0]), int(meta.imgsz[1]))
+        return meta
+
+
+class DetectBackend(nn.Module):
+    """The face Predictor and the validator see: decoded outputs, stride, names, a device.
+
+    The empty `anchor` parameter only reports the device: code written for Model asks
+    `next(model.parameters()).device`.
+    """
+
+    def __init__(self, path: Path, meta: ExportMetadata, device: torch.device):
+        super().__init__()
+        self.path, self.meta, self.names = Path(path), meta, list(meta.names)
+        self.register_buffer("stride", torch.tensor(meta.stride, dtype=torch.float32, device=device))
+        self.anchor = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
+
+    @property
+    def side_inputs(self) -> dict[str, tuple[int, int]]:
+        return {}  # D3N teachers are refused at export time
+
+    @property
+    def fixed_hw(self) -> tuple[int, int] | None:
+        """(h, w) a static export takes; None when any (stride-multiple) size runs."""
+        return None if self.meta.dynamic else self.meta.imgsz
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """Format-specific forward: (b, 3, H, W) float -> (b, N, 5 + nc) float32."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, h, w) in 0-1 -> decoded (B, N, 5 + nc) in input pixels, float32."""
+        if self.fixed_hw is None:
+            return self.run(images)
+        h, w = images.shape[-2:]
+        H, W = self.fixed_hw
+        if h > H or w > W:
+            raise ValueError(f"{self.path}: exported for a fixed {H}x{W} input, got {h}x{w}; "
+                             f"use --imgsz {max(H, W)} or re-export with --dynamic")
+        if self.meta.batch not in (1, images.shape[0]):
+            raise ValueError(f"{self.path}: exported for batch {self.meta.batch}, got {images.shape[0]}; "
+                             "re-export with --dynamic")
+        padded = F.pad(images, (0, W - w, 0, H - h), value=PAD_VALUE / 255.0)
+        step = self.meta.batch
+        out = torch.cat([self.run(padded[i:i + step]) for i in range(0, images.shape[0], step)], 0)
+        if (h, w) != (H, W):  # detections centred in the added padding are not in the image
+            outside = (out[..., 0] >= w) | (out[..., 1] >= h)  # (B, N)
+            out[..., 4] = out[..., 4].masked_fill(outside, 0.0)
+        return out
+
+
+class OnnxBackend(DetectBackend):
+    """ONNX Runtime on CPU, or with its CUDA provider when the device is a GPU and the provider exists."""
+
+    def __init__(self, path: Path, device: torch.device = torch.device("cpu"), threads: int | None = None):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                LOGGER.warning("WARNING: %s: onnxruntime has no CUDA provider here; running on CPU", path)
+                device = torch.device("cpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT's own warnings are not for our users
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types for bad files
+            raise CheckpointError(f"{path}: not a readable ONNX model (truncated or foreign file: "
+                                  f"{_first_line(e)})") from None
+        meta = ExportMetadata.from_strings(self.session.get_modelmeta().custom_metadata_map, path)
+        super().__init__(path, meta, device)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = torch.float16 if "float16" in inp.type else torch.float32
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().to("cpu", self.input_dtype).contiguous().numpy()
+        out = self.session.run(None, {self.input_name: x})[0]
+        return torch.from_numpy(out).to(self.anchor.device, torch.float32)
+
+
+class TorchScriptBackend(DetectBackend):
+    """A traced module; traced graphs keep their shapes symbolic, so any stride-multiple size runs."""
+
+    def __init__(self, path: Path, device: torch.device = torch.device("cpu")):
+        extra = {TORCHSCRIPT_CONFIG: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise CheckpointError(f"{path}: not a readable TorchScript model (truncated or foreign file: "
+                                  f"{_first_line(e)})") from None
+        try:
+            props = json.loads(extra[TORCHSCRIPT_CONFIG] or "{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            props = {}
+        meta = ExportMetadata.from_strings(props, path)
+        meta.dynamic = True
+        super().__init__(path, meta, device)
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.anchor.device, torch.float16 if self.meta.half else torch.float32)
+        return self.module(x).float()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def load_backend(weights: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> nn.Module:
+    """The model for `weights` by its suffix: .onnx / .torchscript exports, anything else a checkpoint.
+
+    A checkpoint comes back as the Model itself (exactly as `load_model`), exports as DetectBackends.
+    """
+    path, device = Path(weights), torch.device(device)
+    suffix = path.suffix.lower()
+    if suffix in EXPORT_SUFFIXES and not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    if suffix == ".onnx":
+        return OnnxBackend(path, device)
+    if suffix == ".torchscript":
+        return TorchScriptBackend(path, device)
+    return load_model(path, device, fuse=fuse)

@@ -1,0 +1,373 @@
+"""The training loop shared by train.py and train_distill.py.
+
+One Trainer runs any task (utils.tasks): warm-up, linear/cosine LR, EMA, gradient accumulation to a
+nominal batch of 64, AMP on CUDA, per-epoch validation, atomic best/last checkpoints, exact
+--resume, early stopping, results.csv and plots, and DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from models.loading import build_from_checkpoint, save_model
+from models.yolo import Model
+from utils.autoanchor import check_anchors
+from utils.checkpoints import load_checkpoint
+from utils.data_config import load_data_config
+from utils.dataloaders import create_dataloader, set_loader_epoch
+from utils.files import atomic_write_text, increment_path
+from utils.hyp import Hyp, load_hyp
+from utils.loss import LossGains
+from utils.optim import build_optimizer, lr_factor, warmup_step
+from utils.plots import plot_images, plot_labels, plot_results
+from utils.tasks import DetectionTask
+from utils.torch_utils import (ModelEMA, barrier, de_parallel, distributed_env, init_distributed, init_seeds,
+                               is_main_process, select_device)
+from utils.validator import ValOptions, run_validation
+
+LOGGER = logging.getLogger(__name__)
+RESULT_COLUMNS = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+                  "val/box_loss", "val/obj_loss", "val/cls_loss"]
+
+
+@dataclass
+class TrainOptions:
+    """train.py's flags, parsed once (YOLOv5 names and defaults)."""
+
+    weights: str = ""  # initial weights (a detector checkpoint); '' trains from scratch
+    cfg: str = "yolov5s.yaml"
+    data: str = "data/synth-defects.yaml"
+    hyp: str = ""
+    epochs: int = 100
+    batch_size: int = 16
+    imgsz: int = 640
+    rect: bool = False
+    resume: str = ""  # path to last.pt ('' = fresh run)
+    nosave: bool = False
+    noval: bool = False
+    noautoanchor: bool = False
+    noplots: bool = False
+    cache: str | None = None
+    device: str = ""
+    multi_scale: bool = False
+    single_cls: bool = False
+    optimizer: str = "SGD"
+    workers: int = 8
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    cos_lr: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 100
+    freeze: list[int] = field(default_factory=list)
+    save_period: int = -1
+    seed: int = 0
+    scale: bool = False  # letterbox-free: stretch images to imgsz x imgsz (the D3N paper's input)
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)  # task options (e.g. distillation), saved for --resume
+
+
+class StopTraining(RuntimeError):
+    """A NaN/inf loss: training stops with the step and the loss items."""
+
+
+class Trainer:
+    def __init__(self, opt: TrainOptions, task: DetectionTask | None = None):
+        self.opt, self.task = opt, task or DetectionTask()
+        self.device = select_device(opt.device)
+        self.distributed = init_distributed(self.device)
+        self.rank, self.local_rank, self.world = distributed_env()
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", self.local_rank)
+        self.main = is_main_process()
+        self.ckpt = load_checkpoint(opt.resume, expect="detector") if opt.resume else None
+        self.hyp: Hyp = load_hyp(opt.hyp or None).replace(label_smoothing=opt.label_smoothing)
+        self.save_dir = Path(opt.resume).parents[1] if opt.resume else \
+            increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+        self.wdir = self.save_dir / "weights"
+        init_seeds(opt.seed + self.rank, deterministic=True)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _build_model(self, nc: int, names: list[str]) -> Model:
+        if self.ckpt is not None:
+            model = build_from_checkpoint(self.ckpt, self.opt.resume, use_ema=False)
+        elif self.opt.weights:
+            ckpt = load_checkpoint(self.opt.weights, expect="detector")
+            model = Model(self.opt.cfg or ckpt["model_yaml"], nc=nc)
+            src = ckpt["ema"] or ckpt["state_dict"]
+            own = model.state_dict()
+            fit = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(fit, strict=False)
+            LOGGER.info("Transferred %d/%d items from %s", len(fit), len(own), self.opt.weights)
+        else:
+            model = Model(self.opt.cfg, nc=nc)
+        model.names = names
+        for k, v in model.named_parameters():
+            v.requires_grad = not any(k.startswith(f"model.{x}.") for x in self.opt.freeze)
+        return model.to(self.device)
+
+    def setup(self) -> None:
+        opt = self.opt
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.save_dir / "opt.yaml", _yaml_dump(asdict(opt)))
+            atomic_write_text(self.save_dir / "hyp.yaml", _yaml_dump(self.hyp.as_dict()))
+        self.data = load_data_config(opt.data) if self.main else None
+        barrier()
+        self.data = self.data or load_data_config(opt.data, autogenerate=False)
+        names = ["item"] if opt.single_cls else self.data.names
+        self.model = self._build_model(len(names), names)
+        self.gs = max(int(self.model.stride.max()), 32)
+        kwargs = self.task.dataset_kwargs(self.model)
+        common = dict(hyp=self.hyp, cache=opt.cache, scale_mode=opt.scale, workers=opt.workers, seed=opt.seed,
+                      single_cls=opt.single_cls, nc=len(names), dataset_cls=self.task.dataset_cls, dataset_kwargs=kwargs)
+        self.train_loader, self.dataset = create_dataloader(
+            self.data.images("train"), opt.imgsz, opt.batch_size // self.world, self.gs, augment=True,
+            rect=opt.rect, shuffle=not opt.rect, prefix="train: ", **common)
+        if self.main:
+            val_kwargs = {**kwargs, **({} if opt.scale else {"pad": 0.5})}
+            self.val_loader, _ = create_dataloader(
+                self.data.images("val"), opt.imgsz, max(opt.batch_size // self.world, 1) * 2, self.gs, augment=False,
+                rect=not opt.scale, shuffle=False, prefix="val: ", distributed=False,
+                **{**common, "hyp": None, "dataset_kwargs": val_kwargs})
+        self.nb = len(self.train_loader)
+        self._setup_optimization()
+        if self.ckpt is None and self.main:
+            self._first_run_checks()
+        self.task.setup(self.model, self.hyp, opt.imgsz, self.device)
+        self.gains = LossGains.from_hyp(self.hyp, self.model.detect.nl, self.model.detect.nc, opt.imgsz)
+        LOGGER.info("Loss gains (derived from %s): %s", opt.hyp or "hyp.scratch-low.yaml", self.gains)
+        if self.distributed:
+            self.model = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
+    def _setup_optimization(self) -> None:
+        opt, hyp = self.opt, self.hyp
+        self.accumulate = max(round(64 / opt.batch_size), 1)
+        decay = hyp.weight_decay * opt.batch_size * self.accumulate / 64
+        self.optimizer = build_optimizer(self.model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
+        self.lf = lr_factor(opt.epochs, hyp.lrf, opt.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(self.model) if self.main else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.start_epoch, self.best_fitness = 0, 0.0
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["ema"])
+            self.ema.updates = int(ckpt["updates"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.best_fitness = int(ckpt["epoch"]) + 1, float(ckpt["best_fitness"])
+        self.scheduler.last_epoch = self.start_epoch - 1
+        if self.start_epoch >= self.opt.epochs:
+            raise SystemExit(f"error: {self.opt.resume}: training already finished ({self.opt.epochs} epochs)")
+        LOGGER.info("Resuming %s from epoch %d of %d", self.opt.resume, self.start_epoch, self.opt.epochs)
+
+    def _first_run_checks(self) -> None:
+        labels = np.concatenate([lb for lb in self.dataset.labels if len(lb)] or [np.zeros((0, 5))], 0)
+        if not self.opt.noplots and len(labels):
+            plot_labels(labels, self.model.names, self.save_dir)
+        if not self.opt.noautoanchor:
+            check_anchors(self.dataset.labels, self.dataset.shapes, self.model, self.hyp.anchor_t, self.opt.imgsz)
+            if self.ema is not None:
+                self.ema.ema.detect.anchors.copy_(self.model.detect.anchors)
+
+    # --- the loop -------------------------------------------------------------------------
+    def train(self) -> Path:
+        self.setup()
+        opt = self.opt
+        nw = max(round(self.hyp.warmup_epochs * self.nb), 100)
+        stopper = EarlyStopping(opt.patience, self.best_fitness, self.start_epoch - 1)
+        LOGGER.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s; %d epochs from %d",
+                    opt.imgsz, opt.imgsz, opt.workers, self.save_dir, opt.epochs, self.start_epoch)
+        t0 = time.time()
+        for epoch in range(self.start_epoch, opt.epochs):
+            train_items = self.train_epoch(epoch, nw)
+            stop = False
+            if self.main:
+                result = self.validate(final=False) if not opt.noval or epoch == opt.epochs - 1 else None
+                fitness = result.fitness() if result is not None else 0.0
+                self.best_fitness = max(self.best_fitness, fitness)
+                self.log_epoch(epoch, train_items, result)
+                self.save(epoch, fitness)
+                stop = stopper(epoch, fitness)
+            if self.distributed:
+                flag = torch.tensor([int(stop)], device=self.device)
+                torch.distributed.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
+                break
+        if self.main:
+            LOGGER.info("%d epochs completed in %.3f hours.", epoch - self.start_epoch + 1, (time.time() - t0) / 3600)
+            self.finish()
+        if self.distributed:
+            torch.distributed.destroy_process_group()
+        return self.save_dir
+
+    def train_epoch(self, epoch: int, nw: int) -> np.ndarray:
+        model, opt = self.model, self.opt
+        model.train()
+        set_loader_epoch(self.train_loader, epoch)
+        mloss = torch.zeros(len(self.task.loss_names), device=self.device)
+        bar = tqdm(enumerate(self.train_loader), total=self.nb, disable=not self.main or opt.quiet,
+                   bar_format="{l_bar}{bar:10}{r_bar}", desc=f"{epoch}/{opt.epochs - 1}")
+        self.optimizer.zero_grad()
+        last_opt_step = -1
+        for i, (imgs, targets, paths, _, extras) in bar:
+            ni = i + self.nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            extras = {k: v.to(self.device, non_blocking=True) for k, v in extras.items()}
+            if ni <= nw:
+                self.accumulate = max(1, round(1 + (64 / opt.batch_size - 1) * ni / nw))
+                h = self.hyp
+                warmup_step(self.optimizer, ni, nw, self.lf(epoch), h.lr0, h.warmup_bias_lr, h.warmup_momentum, h.momentum)
+            if opt.multi_scale:
+                imgs = self._multi_scale(imgs, epoch, i)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                preds = self.task.forward(model, imgs, extras)
+                loss, items = self.task.loss(preds, targets.to(self.device), imgs, extras)
+            if not torch.isfinite(loss).all():
+                raise StopTraining(f"non-finite loss at epoch {epoch} step {i}: " +
+                                   ", ".join(f"{n}={v:.4g}" for n, v in zip(self.task.loss_names, items.tolist())))
+            self.scaler.scale(loss * self.world).backward()
+            if ni - last_opt_step >= self.accumulate:
+                self._optimizer_step()
+                last_opt_step = ni
+            mloss = (mloss * i + items.detach()) / (i + 1)
+            if self.main and epoch == self.start_epoch and i < 3 and not opt.noplots:
+                plot_images(imgs, targets, list(paths), self.save_dir / f"train_batch{i}.jpg", self.model_names)
+            bar.set_postfix_str(" ".join(f"{v:.4g}" for v in mloss.tolist()) + f" {targets.shape[0]} {imgs.shape[-1]}")
+        self.lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()
+        return mloss.cpu().numpy()
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _multi_scale(self, imgs: torch.Tensor, epoch: int, i: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.opt.seed, epoch, i])
+        sz = int(rng.uniform(self.opt.imgsz * 0.5, self.opt.imgsz * 1.5 + self.gs)) // self.gs * self.gs
+        factor = sz / max(imgs.shape[2:])
+        if factor == 1:
+            return imgs
+        size = [math.ceil(x * factor / self.gs) * self.gs for x in imgs.shape[2:]]
+        return nn.functional.interpolate(imgs, size=size, mode="bilinear", align_corners=False)
+
+    @property
+    def model_names(self) -> list[str]:
+        return de_parallel(self.model).names
+
+    # --- validation, logging, checkpoints ------------------------------------------------
+    def validate(self, final: bool, model: nn.Module | None = None):
+        options = ValOptions(plots=final and not self.opt.noplots, verbose=final)
+        return run_validation(model or self.ema.ema, self.val_loader, self.model_names,
+                              self.save_dir if final else None, options, compute_loss=self.task.compute_loss,
+                              device=self.device)
+
+    def log_epoch(self, epoch: int, items: np.ndarray, result) -> None:
+        row = {"epoch": epoch}
+        row.update({f"train/{n}": float(v) for n, v in zip(self.task.loss_names, items)})
+        values = result.results_row() if result is not None else (0.0,) * len(RESULT_COLUMNS)
+        row.update(dict(zip(RESULT_COLUMNS, map(float, values))))
+        row.update({f"x/lr{j}": lr for j, lr in enumerate(self.lr)})
+        row.update(self.task.epoch_log(de_parallel(self.model)))
+        self.rows = getattr(self, "rows", _read_results(self.save_dir / "results.csv"))
+        self.rows.append(row)
+        atomic_write_text(self.save_dir / "results.csv", _csv_text(self.rows))
+
+    def save(self, epoch: int, fitness: float) -> None:
+        if self.opt.nosave and epoch != self.opt.epochs - 1:
+            return
+        extra = dict(epoch=epoch, best_fitness=self.best_fitness, fitness=fitness, updates=self.ema.updates,
+                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                     train_opts=asdict(self.opt), hyp=self.hyp.as_dict(), task=self.task.checkpoint_extra(),
+                     date=time.strftime("%Y-%m-%d %H:%M:%S"))
+        model = de_parallel(self.model)
+        save_model(self.wdir / "last.pt", model, self.ema.ema, **extra)
+        if fitness >= self.best_fitness:
+            save_model(self.wdir / "best.pt", model, self.ema.ema, **extra)
+        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+            save_model(self.wdir / f"epoch{epoch}.pt", model, self.ema.ema, **extra)
+
+    def finish(self) -> None:
+        for name in ("last.pt", "best.pt"):
+            path = self.wdir / name
+            if path.exists():
+                _strip_optimizer(path)
+        best = self.wdir / "best.pt"
+        if best.exists() and not self.opt.noval:
+            ckpt = load_checkpoint(best, expect="detector")
+            model = build_from_checkpoint(ckpt, best).to(self.device)
+            LOGGER.info("Validating %s...", best)
+            self.final_result = self.validate(final=True, model=model)
+        if not self.opt.noplots and (self.save_dir / "results.csv").exists():
+            plot_results(self.save_dir / "results.csv")
+        LOGGER.info("Results saved to %s", self.save_dir)
+
+
+class EarlyStopping:
+    """Stop when fitness has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int, best: float = 0.0, best_epoch: int = 0):
+        self.patience, self.best, self.best_epoch = patience or float("inf"), best, best_epoch
+
+    def __call__(self, epoch: int, fitness: float) -> bool:
+        if fitness >= self.best:
+            self.best, self.best_epoch = fitness, epoch
+        stop = epoch - self.best_epoch >= self.patience
+        if stop:
+            LOGGER.info("Stopping early: no improvement in the last %d epochs (best at epoch %d)", self.patience, self.best_epoch)
+        return stop
+
+
+def _strip_optimizer(path: Path) -> None:
+    """Final checkpoints keep weights and facts, not the optimizer state (smaller, nothing to resume)."""
+    from utils.checkpoints import save_checkpoint
+
+    ckpt = load_checkpoint(path, expect="detector")
+    ckpt.update(optimizer=None, scaler=None)
+    ckpt.pop("format", None)
+    save_checkpoint(ckpt, path)
+
+
+def _read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _csv_text(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _yaml_dump(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
