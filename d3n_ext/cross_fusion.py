@@ -1,9 +1,10 @@
 """Dynamic cross-fusion (Fig. 6, Table I): detector map X refined by DDPM map Y through attention.
 
-    B_det   = SA(X)                     self-attention on X's grid (keys/values pooled past max_tokens)
-    B_ddpm  = SA(Y′), resized to X's grid   self-attention on Y's native grid, Y′ = 1x1 projection of Y
-    B_cross = Attn(Q = X, K = V = LN(Y′))  keys/values on Y's native grid
-    Z       = X + Σ softmax(α)_i · B_i     α: three scalars, initialised to 0 (equal weights)
+    Y′      = Conv1x1(Y)                   on Y's native grid (h, w)
+    B_det   = SA(X)                        on X's grid, keys/values pooled past max_tokens
+    B_ddpm  = resize(SA(Y′), (H, W))       attention on Y's grid, then bilinear to X's
+    B_cross = Attn(Q = X, K = V = LN(Y′))  keys/values on Y's grid (LayerNorm after any pooling)
+    Z       = X + Σ softmax(α)_i · B_i     α: three scalars, 0 at init (equal weights)
 
 Table I's four switches turn parts of this off; `variant` names a combination (D3N-SPEC §4).
 """
@@ -44,13 +45,13 @@ class FusionSwitches:
 
     @classmethod
     def from_variant(cls, variant: str) -> "FusionSwitches":
-        """Parse a variant: `dcf`, or switch tokens joined by '+' from cross/sa/ws/res/norm.
+        """Parse a variant: parts joined by '+' from cross/sa/ws/res/norm, `dcf` standing for all four.
 
         The cross branch is always there, so `cross` only reads well: `cross+sa` == `sa`.
         """
         if not isinstance(variant, str) or not variant:
             raise ValueError(f"CrossFusion variant must be a string such as 'dcf' or 'ws+res', got {variant!r}")
-        tokens = VARIANT_ALIASES.get(variant, variant).split("+")
+        tokens = [part for token in variant.split("+") for part in VARIANT_ALIASES.get(token, token).split("+")]
         unknown = [t for t in tokens if t != "cross" and t not in SWITCH_TOKENS]
         if unknown:
             raise ValueError(f"CrossFusion variant {variant!r}: unknown part(s) {unknown}; use 'dcf' or '+'-joined "
@@ -90,7 +91,7 @@ class CrossFusion(nn.Module):
             raise ValueError(f"CrossFusion args are [variant, heads, max_tokens], got {len(args)}: {args!r}")
         if any(not isinstance(a, int) or isinstance(a, bool) for a in args[1:]):
             raise ValueError(f"CrossFusion heads and max_tokens must be ints, got {args[1:]!r}")
-        return cls(c_x, c_y, *args), c_x
+        return cls(c_x, c_y, **dict(zip(("variant", "heads", "max_tokens"), args))), c_x
 
     def branch_weights(self) -> torch.Tensor:
         """softmax(α) over the branches, or ones for a plain sum; (len(branches),)."""
@@ -125,6 +126,5 @@ class CrossFusion(nn.Module):
         if self.alpha is None:
             fused = sum(branches[1:], branches[0])
         else:
-            weights = self.alpha.float().softmax(0)  # (len(branches),)
-            fused = sum(w * b for w, b in zip(weights, branches))
+            fused = sum(w * b for w, b in zip(self.branch_weights(), branches))
         return x + fused if self.switches.residual else fused

@@ -130,7 +130,8 @@ class LatentRepository:
         if not len(self.keys) == len(self.paths) == len(self.splits) == self.count:
             raise CorruptRepositoryError(f"{index_path}: {len(self.keys)} keys for {self.count} rows")
         self._row = {k: i for i, k in enumerate(self.keys)}
-        self._path_row = {str(self.resolve_path(p)): i for i, ps in enumerate(self.paths) for p in ps}
+        root = self.data_root.resolve()  # lookups compare resolved paths (symlinked data roots)
+        self._path_row = {str(root / p): i for i, ps in enumerate(self.paths) for p in ps}
 
     def _check_array_file(self, level: LevelInfo) -> None:
         path = self.root / level.file

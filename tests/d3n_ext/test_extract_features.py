@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from d3n_ext.repository import LatentRepository
 from d3n_ext.repository_builder import LevelSpec, batch_range, build_repository, plan_images
-from d3n_ext.features import encoder_from_repository
+from d3n_ext.features import encoder_from_repository, load_feature_decoders, make_noise
 from extract_features import main
 from tests.d3n_ext.stage1_fixtures import cli_args, one_thread, stage1_run  # noqa: F401 (fixture)
 from utils.data_config import load_data_config
@@ -40,6 +41,19 @@ def test_missing_data_yaml_is_a_one_line_error(stage1_run, tmp_path, capsys):
     assert main(cli_args("build", tmp_path / "nope.yaml", stage1_run["cfg"], tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "nope.yaml: data YAML not found" in err.strip().splitlines()[-1]
+
+
+def test_pca_and_raw_repositories_for_the_ablations(stage1_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "repo"
+    shutil.copytree(stage1_run["out"], out)
+    assert main(cli_args("build", stage1_run["data"], stage1_run["cfg"], out, "--compressor", "pca", "--raw")) == 0
+    pca, raw, vae = LatentRepository(out / "pca"), LatentRepository(out / "raw"), LatentRepository(out)
+    assert pca.manifest["compressor"] == "pca" and pca.verify() == []
+    assert raw.keys == vae.keys  # --raw: every split, not only train
+    feats = load_feature_decoders(out / "raw")[0](torch.from_numpy(raw.lookup_key(raw.keys[0])[0]))
+    assert torch.equal(feats, torch.from_numpy(raw.lookup_key(raw.keys[0])[0]).float())  # identity decoder
 
 
 class Interrupt(Exception):
@@ -128,3 +142,15 @@ def test_torchrun_two_processes_build_the_same_repository(stage1_run, tmp_path):
     for key in a.keys:
         for x, y in zip(a.lookup_key(key), b.lookup_key(key)):
             assert np.allclose(x.astype(np.float32), y.astype(np.float32), atol=2e-3)
+
+
+def test_noise_rules_are_reproducible_and_follow_the_pixels():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    b = a.copy()
+    b[0, 0, 0] ^= 1
+    shape = (3, 8, 8)
+    assert torch.equal(make_noise("per-image", 0, a, shape), make_noise("per-image", 0, a.copy(), shape))
+    assert not torch.equal(make_noise("per-image", 0, a, shape), make_noise("per-image", 0, b, shape))
+    assert not torch.equal(make_noise("per-image", 0, a, shape), make_noise("per-image", 1, a, shape))
+    assert torch.equal(make_noise("shared", 0, a, shape), make_noise("shared", 0, b, shape))

@@ -1,0 +1,186 @@
+"""CPU inference of the deployable detector, batch 1: PyTorch fp32 (fused, inference_mode), PyTorch bf16
+autocast, ONNX Runtime fp32 (static and dynamic shapes) and int8 (QDQ and QOperator), median of --runs
+after warm-up. Back-ends run round-robin, so load drifting on a shared machine hits them all alike.
+
+    python benchmarks/cpu_inference.py [--cfg yolov5s.yaml] [--imgsz 640] [--runs 20] [--threads 2]
+    python benchmarks/cpu_inference.py --weights runs/train/exp/weights/best.pt --acc-imgsz 160
+
+Speed uses random weights of --cfg (nc 80, as the ultralytics/yolov5 figures this is compared with);
+int8 models are calibrated on --calib images of the data YAML's train split. With --weights (a trained
+checkpoint) it also prints mAP@0.5 of PyTorch, ONNX Runtime fp32 and int8 on the val split, and how
+many fp32 detections on data/images bf16 and int8 keep (same class, IoU >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):  # `python benchmarks/cpu_inference.py` puts benchmarks/ first on the path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import cv2
+import numpy as np
+import torch
+
+import export
+from models.loading import load_model, save_model
+from models.yolo import Model
+from utils.augmentations import letterbox
+from utils.backends import load_backend
+from utils.boxes import box_iou
+from utils.data_config import load_data_config
+from utils.predictor import PredictOptions, Predictor
+from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
+from utils.sources import resolve_source
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_ORT_FP32_MS = 58.0  # ultralytics/yolov5's ONNX export on this machine (its PyTorch path: 104 ms)
+
+
+def export_onnx(weights: Path, imgsz: int, dynamic: bool) -> Path:
+    flags = ["--weights", str(weights), "--include", "onnx", "--imgsz", str(imgsz), "--quiet"]
+    path = export.main(flags + (["--dynamic"] if dynamic else []))["onnx"]
+    return path.rename(path.with_name(f"{path.stem}-{'dynamic' if dynamic else 'static'}.onnx"))
+
+
+def quantized(onnx_path: Path, calib: list[Path]) -> dict[str, Path]:
+    return {fmt: quantize_onnx(onnx_path, onnx_path.with_name(f"{onnx_path.stem}-{fmt}.onnx"), calib, fmt)
+            for fmt in INT8_FORMATS}
+
+
+def sample_input(imgsz: int) -> torch.Tensor:
+    """data/images' first picture letterboxed to imgsz x imgsz: (1, 3, imgsz, imgsz) in 0-1."""
+    im = letterbox(cv2.imread(str(resolve_source(ROOT / "data" / "images")[0])), imgsz, auto=False)[0]
+    return torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
+
+
+def runners(weights: Path, onnx: dict[str, Path], x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    model = load_model(weights, fuse=True)
+
+    def torch_fp32():
+        with torch.inference_mode():
+            return model(x)
+
+    def torch_bf16():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    def ort(path: Path) -> Callable[[], object]:
+        session, feed = load_backend(path).session, {"images": x.numpy()}
+        return lambda: session.run(None, feed)
+
+    return {"PyTorch fp32 fused": torch_fp32, "PyTorch bf16 autocast": torch_bf16,
+            **{f"ONNX Runtime {name}": ort(path) for name, path in onnx.items()}}
+
+
+def median_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Per back-end times in ms, measured round-robin (one run of each, `runs` times)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - t))
+    return times
+
+
+def speed(opt: argparse.Namespace, tmp: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp / Path(opt.cfg).with_suffix(".pt").name
+    save_model(weights, Model(opt.cfg))
+    static, dynamic = export_onnx(weights, opt.imgsz, False), export_onnx(weights, opt.imgsz, True)
+    calib = calibration_files(load_data_config(opt.data).images("train"), opt.calib)
+    int8 = {f"int8 {k}": v for k, v in quantized(static, calib).items()}
+    onnx = {"fp32": static, "fp32 dynamic": dynamic, **int8}
+    times = median_ms(runners(weights, onnx, sample_input(opt.imgsz)), opt.runs)
+    print(f"\n{Path(opt.cfg).stem} at {opt.imgsz}, batch 1, {opt.threads} threads, random weights, "
+          f"median / min of {opt.runs} runs (load before: {opt.load_before})")
+    ref = statistics.median(times["PyTorch fp32 fused"])
+    for name, t in times.items():
+        med = statistics.median(t)
+        print(f"  {name:32s} {med:8.1f} ms  (min {min(t):6.1f})  x{ref / med:.2f} vs PyTorch fp32")
+    ort = statistics.median(times["ONNX Runtime fp32"])
+    verdict = "met" if ort <= TARGET_ORT_FP32_MS else "NOT met"
+    print(f"  target ONNX Runtime fp32 <= {TARGET_ORT_FP32_MS:.0f} ms: {verdict}")
+
+
+def kept_detections(reference: Predictor, other: Predictor, images: list[Path]) -> tuple[int, int]:
+    """(reference detections with a same-class partner at IoU >= 0.9 in `other`, reference detections)."""
+    kept = total = 0
+    for path in images:
+        im = cv2.imread(str(path))
+        a, b = reference(im), other(im)
+        total += len(a)
+        if len(a) and len(b):
+            same = (box_iou(a[:, :4], b[:, :4]) >= 0.9) & (a[:, None, 5] == b[None, :, 5])
+            kept += int(same.any(1).sum())
+    return kept, total
+
+
+def accuracy(opt: argparse.Namespace, tmp: Path) -> None:
+    weights = Path(shutil.copy(opt.weights, tmp / "trained.pt"))
+    data = load_data_config(opt.data)
+    dynamic = export_onnx(weights, opt.acc_imgsz, True)
+    int8 = quantized(dynamic, calibration_files(data.images("train"), opt.calib))
+    print(f"\n{opt.weights} on {data.yaml_path.name} val at {opt.acc_imgsz} (rect batches, conf 0.001, IoU 0.6)")
+    results = {"PyTorch fp32": weights, "ONNX Runtime fp32": dynamic,
+               **{f"ONNX Runtime int8 {k}": v for k, v in int8.items()}}
+    base = None
+    for name, path in results.items():
+        r = evaluate(path, data, opt.acc_imgsz, workers=opt.workers)
+        base = r.map50 if base is None else base
+        print(f"  {name:32s} mAP@0.5 {r.map50:.4f}  mAP@0.5:0.95 {r.map:.4f}  ({100 * (r.map50 - base):+.2f} points)")
+    images = resolve_source(ROOT / "data" / "images")
+    options, bf16 = PredictOptions(imgsz=opt.acc_imgsz), PredictOptions(imgsz=opt.acc_imgsz, half=True)
+    fp32 = Predictor(load_model(weights, fuse=True), options)
+    others = {"PyTorch bf16 autocast": Predictor(load_model(weights, fuse=True), bf16),
+              **{f"ONNX Runtime int8 {k}": Predictor(load_backend(v), options) for k, v in int8.items()}}
+    for name, predictor in others.items():
+        kept, total = kept_detections(fp32, predictor, images)
+        print(f"  {name:32s} keeps {kept}/{total} fp32 detections on data/images (conf 0.25, same class, IoU >= 0.9)")
+
+
+def parse_opt() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", default="yolov5s.yaml", help="model YAML timed with random weights")
+    p.add_argument("--imgsz", type=int, default=640, help="timing input size (square)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per back-end (median reported)")
+    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and ONNX Runtime")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml", help="calibration / val data")
+    p.add_argument("--calib", type=int, default=64, help="int8 calibration images from the train split")
+    p.add_argument("--weights", type=Path, default=None, help="trained checkpoint for the accuracy comparison")
+    p.add_argument("--acc-imgsz", type=int, default=160, help="image size of the accuracy comparison")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers for mAP")
+    p.add_argument("--skip-speed", action="store_true", help="only the accuracy comparison")
+    return p.parse_args()
+
+
+def main() -> None:
+    opt = parse_opt()
+    torch.set_num_threads(opt.threads)
+    opt.load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {opt.load_before}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
+    with tempfile.TemporaryDirectory(prefix="cpu-bench-") as tmp:
+        if not opt.skip_speed:
+            speed(opt, Path(tmp))
+        if opt.weights is not None:
+            accuracy(opt, Path(tmp))
+        else:
+            print("\nno --weights: random-weight speed only (pass a trained checkpoint for mAP fp32 vs int8)")
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
