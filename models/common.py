@@ -128,8 +128,8 @@ class Concat(nn.Module):
 
 
 def _side_input_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):
-    if len(args) != 2:
-        raise ValueError("SideInput takes [name, channels]")
+    if len(args) not in (2, 3):
+        raise ValueError("SideInput takes [name, channels, stride]")
     return cls(*args), int(args[1])
 
 
@@ -137,12 +137,13 @@ def _side_input_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: Bu
 class SideInput(nn.Module):
     """A named extra input of the model (per-image maps computed elsewhere), read from `side[name]`.
 
-    Its `from` is ignored. Models without SideInput rows take images alone.
+    The map has `channels` channels on the grid of the image divided by `stride` (what a dataloader
+    warps it to). Its `from` is ignored. Models without SideInput rows take images alone.
     """
 
-    def __init__(self, name: str, channels: int):
+    def __init__(self, name: str, channels: int, stride: int = 8):
         super().__init__()
-        self.name, self.channels = str(name), int(channels)
+        self.name, self.channels, self.stride = str(name), int(channels), int(stride)
 
     def forward(self, side: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if not side or self.name not in side:

@@ -217,7 +217,7 @@ class Model(nn.Module):
     @property
     def side_inputs(self) -> dict[str, tuple[int, int]]:
         """Extra inputs this model needs: name -> (channels, stride relative to the image)."""
-        return {m.name: (m.channels, getattr(m, "stride", 8)) for m in self.model if isinstance(m, SideInput)}
+        return {m.name: (m.channels, m.stride) for m in self.model if isinstance(m, SideInput)}
 
     def _init_detect(self) -> None:
         m, s = self.detect, 256

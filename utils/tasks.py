@@ -22,6 +22,14 @@ class DetectionTask:
     loss_names: tuple[str, ...] = ("box_loss", "obj_loss", "cls_loss")
     dataset_cls: type = LoadImagesAndLabels
 
+    def model_cfg(self, cfg: dict) -> dict:
+        """The model YAML dict to build (a plug-in may fill in rows from its own data)."""
+        return cfg
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Called once the model is built (a plug-in may load frozen parts into it)."""
+        return model
+
     def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
         self.compute_loss = ComputeLoss(de_parallel(model), hyp, imgsz)
 
@@ -40,6 +48,9 @@ class DetectionTask:
     def epoch_log(self, model: torch.nn.Module) -> dict[str, float]:
         """Extra per-epoch figures for results.csv (e.g. learned fusion weights)."""
         return {}
+
+    def on_train_end(self, save_dir) -> None:
+        """Called on rank 0 after the final validation (e.g. extra plots)."""
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Task facts saved with each checkpoint (e.g. which teacher distilled it)."""

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from models.loading import build_from_checkpoint, save_model
-from models.yolo import Model
+from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import load_checkpoint
 from utils.data_config import load_data_config
@@ -105,17 +105,19 @@ class Trainer:
             model = build_from_checkpoint(self.ckpt, self.opt.resume, use_ema=False)
         elif self.opt.weights:
             ckpt = load_checkpoint(self.opt.weights, expect="detector")
-            model = Model(self.opt.cfg or ckpt["model_yaml"], nc=nc)
+            model = Model(self.task.model_cfg(load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]), nc=nc)
             src = ckpt["ema"] or ckpt["state_dict"]
             own = model.state_dict()
             fit = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
             model.load_state_dict(fit, strict=False)
             LOGGER.info("Transferred %d/%d items from %s", len(fit), len(own), self.opt.weights)
         else:
-            model = Model(self.opt.cfg, nc=nc)
+            model = Model(self.task.model_cfg(load_model_yaml(self.opt.cfg)[0]), nc=nc)
+        model = self.task.prepare_model(model)
         model.names = names
         for k, v in model.named_parameters():
-            v.requires_grad = not any(k.startswith(f"model.{x}.") for x in self.opt.freeze)
+            if any(k.startswith(f"model.{x}.") for x in self.opt.freeze):
+                v.requires_grad = False  # parts frozen by their own block (e.g. a decoder) stay frozen too
         return model.to(self.device)
 
     def setup(self) -> None:
@@ -323,6 +325,7 @@ class Trainer:
             self.final_result = self.validate(final=True, model=model)
         if not self.opt.noplots and (self.save_dir / "results.csv").exists():
             plot_results(self.save_dir / "results.csv")
+        self.task.on_train_end(self.save_dir)
         LOGGER.info("Results saved to %s", self.save_dir)
 
 

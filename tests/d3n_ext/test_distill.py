@@ -1,0 +1,76 @@
+"""The distillation loss of eqs. 6-7: objectness-scaled, zero for an identical teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from d3n_ext.distill import DistillOptions, distillation_terms
+from models.yolo import Model
+from utils.hyp import Hyp
+from utils.loss import ComputeLoss
+
+
+def _raw(model, x):
+    return model.train()(x)
+
+
+def test_teacher_equal_to_student_gives_zero_distillation(tiny_cfg):
+    student = Model(tiny_cfg)
+    teacher = copy.deepcopy(student)
+    x = torch.rand(2, 3, 64, 64)
+    terms = distillation_terms(_raw(student, x), [t.detach() for t in _raw(teacher, x)])
+    assert torch.equal(terms, torch.zeros(3))
+    kl = distillation_terms(_raw(student, x), _raw(teacher, x), "kl")  # log-softmax rounding only
+    torch.testing.assert_close(kl, torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def _maps(seed: int, obj_logit: float | None = None) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(2, 3, n, n, 8, generator=g) for n in (8, 4, 2)]
+    if obj_logit is not None:
+        for m in maps:
+            m[..., 4] = obj_logit
+    return maps
+
+
+def test_background_only_teacher_gives_no_cls_or_box_gradient():
+    student = [m.requires_grad_() for m in _maps(0)]
+    teacher = _maps(1, obj_logit=-200.0)  # sigmoid underflows to exactly 0: "no object anywhere"
+    box, obj, cls = distillation_terms(student, teacher)
+    (box + cls).backward(retain_graph=True)
+    assert all(torch.count_nonzero(s.grad) == 0 for s in student)
+    obj.backward()  # objectness is always distilled (eq. 7): the student learns "background"
+    assert all(torch.count_nonzero(s.grad[..., 4]) > 0 for s in student)
+    assert all(torch.count_nonzero(s.grad[..., :4]) == 0 and torch.count_nonzero(s.grad[..., 5:]) == 0 for s in student)
+
+
+def test_confident_teacher_teaches_boxes_and_classes():
+    student, teacher = _maps(0), _maps(1, obj_logit=20.0)
+    box, obj, cls = distillation_terms(student, teacher)
+    expected_box = sum(((s[..., :4] - t[..., :4]) ** 2).mean() for s, t in zip(student, teacher))
+    torch.testing.assert_close(box, expected_box)
+    assert cls > 0 and obj > 0
+
+
+def test_obj_scaled_option_scales_objectness_by_teacher_confidence():
+    student, teacher = _maps(0), _maps(1, obj_logit=-200.0)
+    assert distillation_terms(student, teacher, obj_scaled=True)[1] == 0
+    assert distillation_terms(student, teacher, obj_scaled=False)[1] > 0
+
+
+def test_temperature_changes_only_the_kl_variant():
+    student, teacher = _maps(0), _maps(1, obj_logit=3.0)
+    l2 = [distillation_terms(student, teacher, "l2", t) for t in (1.0, 20.0)]
+    kl = [distillation_terms(student, teacher, "kl", t) for t in (1.0, 20.0)]
+    assert torch.equal(l2[0], l2[1])
+    assert not torch.allclose(kl[0][2], kl[1][2])
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="--dist-loss 'l1'"):
+        DistillOptions("t.pt", "repo", dist_loss="l1")
+    with pytest.raises(ValueError, match="--temperature"):
+        DistillOptions("t.pt", "repo", temperature=0)
