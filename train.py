@@ -10,6 +10,7 @@ Results go to runs/train/exp<N>/.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -18,9 +19,10 @@ from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import DataConfigError
 from utils.logging import set_logging
 from utils.trainer import StopTraining, Trainer, TrainOptions
-from models.yolo import ModelConfigError
+from models.yolo import ModelConfigError, load_model_yaml
 
 ROOT = Path(__file__).resolve().parent
+LOGGER = logging.getLogger("train")
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -92,11 +94,48 @@ def run_training(opt: TrainOptions, task=None) -> Path:
         sys.exit(f"error: {e}")
 
 
+def reads_side_inputs(cfg: str) -> bool:
+    """Whether a model YAML has SideInput rows (a D3N teacher); unreadable YAMLs are left for the trainer to report."""
+    try:
+        d, _ = load_model_yaml(cfg)
+    except ModelConfigError:
+        return False
+    rows = (d.get("backbone") or []) + (d.get("head") or [])
+    return any(isinstance(r, list) and len(r) == 4 and r[2] == "SideInput" for r in rows)
+
+
+def teacher_task(opt: TrainOptions):
+    """The D3N hybrid task when the run has a feature repository; the plug-in is imported only then."""
+    if "teacher" in opt.extra:
+        raise SystemExit(f"error: {opt.resume or 'this run'}: a distillation run; resume it with train_distill.py")
+    latents = opt.extra.get("latents")
+    if not latents:
+        if not opt.resume and reads_side_inputs(opt.cfg):
+            raise SystemExit(f"error: {opt.cfg}: this model reads side inputs (a D3N teacher): pass --latents <repository>")
+        return None
+    from d3n_ext.task import D3NTask
+
+    try:
+        return D3NTask(latents, plots=not opt.noplots)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--latents", default="", help="feature repository (extract_features.py) read by a D3N "
+                        "model YAML: trains the hybrid teacher")
     args = parser.parse_args(argv)
     set_logging(not args.quiet)
-    return run_training(options_from_args(args))
+    if args.latents and not args.resume:
+        args.extra = {"latents": args.latents}
+        if not args.scale:
+            LOGGER.warning("WARNING: the latents describe the whole stretched image: turning on --scale")
+            args.scale = True
+    opt = options_from_args(args)
+    if args.latents and opt.resume:
+        opt.extra = {**opt.extra, "latents": args.latents}  # the repository may have moved since
+    return run_training(opt, teacher_task(opt))
 
 
 if __name__ == "__main__":

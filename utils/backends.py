@@ -99,8 +99,9 @@ class DetectBackend(nn.Module):
         h, w = images.shape[-2:]
         H, W = self.fixed_hw
         if h > H or w > W:
+            hint = f"use --imgsz {H}" if H == W else "export a square --imgsz"
             raise ValueError(f"{self.path}: exported for a fixed {H}x{W} input, got {h}x{w}; "
-                             f"use --imgsz {max(H, W)} or re-export with --dynamic")
+                             f"{hint} or re-export with --dynamic")
         if self.meta.batch not in (1, images.shape[0]):
             raise ValueError(f"{self.path}: exported for batch {self.meta.batch}, got {images.shape[0]}; "
                              "re-export with --dynamic")
@@ -117,27 +118,10 @@ class OnnxBackend(DetectBackend):
     """ONNX Runtime on CPU, or with its CUDA provider when the device is a GPU and the provider exists."""
 
     def __init__(self, path: Path, device: torch.device = torch.device("cpu"), threads: int | None = None):
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                LOGGER.warning("WARNING: %s: onnxruntime has no CUDA provider here; running on CPU", path)
-                device = torch.device("cpu")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: ORT's own warnings are not for our users
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types for bad files
-            raise CheckpointError(f"{path}: not a readable ONNX model (truncated or foreign file: "
-                                  f"{_first_line(e)})") from None
-        meta = ExportMetadata.from_strings(self.session.get_modelmeta().custom_metadata_map, path)
-        super().__init__(path, meta, device)
-        inp = self.session.get_inputs()[0]
+        session, device = _onnx_session(path, device, threads)
+        super().__init__(path, ExportMetadata.from_strings(session.get_modelmeta().custom_metadata_map, path), device)
+        self.session = session
+        inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = torch.float16 if "float16" in inp.type else torch.float32
 
@@ -145,6 +129,28 @@ class OnnxBackend(DetectBackend):
         x = images.detach().to("cpu", self.input_dtype).contiguous().numpy()
         out = self.session.run(None, {self.input_name: x})[0]
         return torch.from_numpy(out).to(self.anchor.device, torch.float32)
+
+
+def _onnx_session(path: Path, device: torch.device, threads: int | None):
+    """(InferenceSession, the device its outputs belong on); threads default to torch's."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            LOGGER.warning("WARNING: %s: onnxruntime has no CUDA provider here; running on CPU", path)
+            device = torch.device("cpu")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's own warnings are not for our users
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers), device
+    except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types for bad files
+        raise CheckpointError(f"{path}: not a readable ONNX model (truncated or foreign file: "
+                              f"{_first_line(e)})") from None
 
 
 class TorchScriptBackend(DetectBackend):
@@ -163,9 +169,7 @@ class TorchScriptBackend(DetectBackend):
             props = json.loads(extra[TORCHSCRIPT_CONFIG] or "{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
             props = {}
-        meta = ExportMetadata.from_strings(props, path)
-        meta.dynamic = True
-        super().__init__(path, meta, device)
+        super().__init__(path, ExportMetadata.from_strings(props, path), device)
         self.module = module.eval()
 
     @torch.no_grad()

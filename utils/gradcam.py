@@ -12,7 +12,6 @@ summed, then scaled by the image's largest value over all classes: a dim map is 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 
 from utils.files import atomic_write_bytes
 from utils.plots import Annotator, colors
-
-LOGGER = logging.getLogger(__name__)
 
 MAX_CLASSES = 12  # tiles per image: every class up to this many, else the highest-scoring ones
 OVERLAY_ALPHA = 0.5  # weight of the heat map over the image
@@ -106,7 +103,7 @@ class GradCAMPlusPlus:
         stacked = torch.stack(maps) if maps else torch.zeros(0, *x.shape[-2:])  # (K, H, W)
         peak = stacked.max() if stacked.numel() else torch.tensor(0.0)
         stacked = stacked / peak if peak > 0 else stacked
-        return CamResult(stacked.cpu(), list(map(int, classes)), [float(scores[c]) for c in classes])
+        return CamResult(stacked.cpu(), list(map(int, classes)), [float(scores[c].detach()) for c in classes])
 
 
 def to_original(heat: torch.Tensor, shape: tuple[int, int], ratio_pad: tuple) -> np.ndarray:

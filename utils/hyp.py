@@ -48,6 +48,7 @@ class Hyp:
     mixup: float = 0.0  # probability of mixup
     copy_paste: float = 0.0  # segment copy-paste (not supported: detection labels only; must be 0)
     anchors: float = 3.0  # anchors per output grid (informational; the model YAML decides)
+    nbs: float = 64.0  # nominal batch size: gradients accumulate up to it, weight decay scales with it
     label_smoothing: float = 0.0  # set by --label-smoothing
 
     def replace(self, **changes) -> "Hyp":

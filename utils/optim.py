@@ -23,16 +23,17 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
                 no_decay.append(p)
             else:
                 decay_w.append(p)
+    if not (no_decay or decay_w or biases):
+        raise ValueError("no trainable parameters (is everything frozen with --freeze?)")
+    groups = [{"params": no_decay}, {"params": decay_w, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
     if name == "SGD":
-        opt = torch.optim.SGD(no_decay, lr=lr, momentum=momentum, nesterov=True)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     elif name == "Adam":
-        opt = torch.optim.Adam(no_decay, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
     elif name == "AdamW":
-        opt = torch.optim.AdamW(no_decay, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
         raise ValueError(f"--optimizer {name!r}: expected SGD, Adam or AdamW")
-    opt.add_param_group({"params": decay_w, "weight_decay": decay})
-    opt.add_param_group({"params": biases, "weight_decay": 0.0})
     return opt
 
 

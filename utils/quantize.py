@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -30,6 +32,21 @@ LOGGER = logging.getLogger(__name__)
 
 INT8_FORMATS = ("qdq", "qoperator")  # QuantizeLinear/DequantizeLinear pairs, or QLinear* operators
 VAL_RECT_PAD = 0.5  # as val.py: rect batches get half a stride of border
+
+
+@contextmanager
+def quieter(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise loggers to `level` for a while: ORT's quantizer logs a line per tensor on the root logger,
+    and the mAP check needs no per-class table."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, before):
+            lg.setLevel(lv)
 
 
 def calibration_files(files: list[Path], n: int = 64) -> list[Path]:
@@ -95,12 +112,15 @@ def quantize_onnx(src: str | Path, dst: str | Path, calib: list[Path], fmt: str 
     reader = _reader_class()(calib, source.input_name, meta.imgsz)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(prepared), auto_merge=meta.dynamic)  # shapes + cleanup the quantizer wants
+        # ONNX shape inference and graph clean-up; ORT's symbolic (sympy) pass takes ~20 s on dynamic graphs and
+        # leaves sym_shape_infer_temp.onnx in the working directory when it gives up, so it is skipped
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         excluded = detect_head_nodes(onnx.load(str(prepared)))
-        quantize_static(str(prepared), str(quantized), reader,
-                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=excluded)
+        with quieter(""):
+            quantize_static(str(prepared), str(quantized), reader,
+                            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=excluded)
         proto = onnx.load(str(quantized))
     del proto.metadata_props[:]
     meta.int8 = fmt
@@ -129,7 +149,8 @@ def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, ba
     loader, _ = create_dataloader(data.images(split), size, batch_size, stride, rect=fixed is None,
                                   workers=workers, shuffle=False, nc=data.nc, prefix=f"{split}: ",
                                   dataset_kwargs={"pad": VAL_RECT_PAD} if fixed is None else {})
-    return run_validation(model, loader, data.names, None, ValOptions(plots=False), device=torch.device("cpu"))
+    with quieter("utils.validator"):
+        return run_validation(model, loader, data.names, None, ValOptions(plots=False), device=torch.device("cpu"))
 
 
 def _export_size(model) -> int:

@@ -156,8 +156,8 @@ class Trainer:
 
     def _setup_optimization(self) -> None:
         opt, hyp = self.opt, self.hyp
-        self.accumulate = max(round(64 / opt.batch_size), 1)
-        decay = hyp.weight_decay * opt.batch_size * self.accumulate / 64
+        self.accumulate = max(round(hyp.nbs / opt.batch_size), 1)
+        decay = hyp.weight_decay * opt.batch_size * self.accumulate / hyp.nbs
         self.optimizer = build_optimizer(self.model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
         self.lf = lr_factor(opt.epochs, hyp.lrf, opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
@@ -193,7 +193,8 @@ class Trainer:
     def train(self) -> Path:
         self.setup()
         opt = self.opt
-        nw = max(round(self.hyp.warmup_epochs * self.nb), 100)
+        # YOLOv5's warm-up: max(warmup_epochs of batches, 100 iterations); warmup_epochs 0 turns it off
+        nw = max(round(self.hyp.warmup_epochs * self.nb), 100) if self.hyp.warmup_epochs > 0 else -1
         stopper = EarlyStopping(opt.patience, self.best_fitness, self.start_epoch - 1)
         LOGGER.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s; %d epochs from %d",
                     opt.imgsz, opt.imgsz, opt.workers, self.save_dir, opt.epochs, self.start_epoch)
@@ -235,7 +236,7 @@ class Trainer:
             imgs = imgs.to(self.device, non_blocking=True).float() / 255
             extras = {k: v.to(self.device, non_blocking=True) for k, v in extras.items()}
             if ni <= nw:
-                self.accumulate = max(1, round(1 + (64 / opt.batch_size - 1) * ni / nw))
+                self.accumulate = max(1, round(1 + (self.hyp.nbs / opt.batch_size - 1) * ni / nw))
                 h = self.hyp
                 warmup_step(self.optimizer, ni, nw, self.lf(epoch), h.lr0, h.warmup_bias_lr, h.warmup_momentum, h.momentum)
             if opt.multi_scale:
