@@ -177,22 +177,39 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
     p.add_argument("--scale", action="store_true", help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
+    p.add_argument("--latents", type=Path, default=None,
+                   help="feature repository of a D3N teacher; images not in it are encoded online (needs d3n_ext)")
     p.add_argument("--cam", nargs="*", type=int, default=None, metavar="LAYER",
                    help="Grad-CAM++ heat maps per class in cam/ (.pt only); model layers, default Detect's inputs")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return p.parse_args(argv)
 
 
+def teacher_side_fn(weights: Path, latents: Path, device: str):
+    """Side inputs of a D3N teacher: its latents from the repository, else computed online.
+
+    The plug-in is imported only here (it also registers the teacher's blocks); the core never imports it.
+    """
+    import d3n_ext  # noqa: F401
+    from d3n_ext.teacher_inputs import TeacherSideInputs
+
+    return TeacherSideInputs.from_checkpoint(weights, latents, select_device(device))
+
+
 def main(argv: list[str] | None = None) -> Path:
     opt = parse_opt(argv)
     set_logging(not opt.quiet)
+    if opt.latents is not None and not opt.scale:
+        LOGGER.warning("WARNING: a D3N teacher reads latents of the whole stretched image: turning on --scale")
+        opt.scale = True
     predict = PredictOptions(opt.imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.classes, opt.agnostic_nms,
                              opt.scale, opt.half)
     save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok)
     out = OutputOptions(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop, opt.line_thickness,
                         opt.hide_labels, opt.hide_conf, opt.cam)
     try:
-        return run(opt.weights, opt.source, predict, out, opt.device)
+        side_fn = teacher_side_fn(opt.weights, opt.latents, opt.device) if opt.latents is not None else None
+        return run(opt.weights, opt.source, predict, out, opt.device, side_fn)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 

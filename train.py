@@ -111,7 +111,8 @@ def teacher_task(opt: TrainOptions):
     latents = opt.extra.get("latents")
     if not latents:
         if not opt.resume and reads_side_inputs(opt.cfg):
-            raise SystemExit(f"error: {opt.cfg}: this model reads side inputs (a D3N teacher): pass --latents <repository>")
+            raise SystemExit(f"error: {opt.cfg}: this model reads side inputs (a D3N teacher): "
+                             "pass --latents <repository>")
         return None
     from d3n_ext.task import D3NTask
 
@@ -121,11 +122,16 @@ def teacher_task(opt: TrainOptions):
         raise SystemExit(f"error: {e}") from None
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = add_train_flags(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--latents", default="", help="feature repository (extract_features.py) read by a D3N "
                         "model YAML: trains the hybrid teacher")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_opt(argv)
     set_logging(not args.quiet)
     if args.latents and not args.resume:
         args.extra = {"latents": args.latents}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from models.loading import load_model
+from utils.backends import load_backend
 from utils.checkpoints import CheckpointError
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
@@ -31,18 +31,21 @@ SPEED_CONF, SPEED_IOU = 0.25, 0.45  # --task speed: the thresholds of deployment
 RECT_PAD = 0.5  # rect batches get half a stride of border, as YOLOv5's val
 
 
-def make_dataset_hook(latents: Path) -> tuple[type, dict]:
+def make_dataset_hook(latents: Path, model, weights: Path) -> tuple[type, dict]:
     """(dataset class, its extra kwargs) that feed a D3N teacher's side inputs from `latents`.
 
-    The D3N plug-in provides this; the core never imports it.
+    The D3N plug-in provides this, imported only here; the core never imports it.
     """
-    raise SystemExit("error: --latents needs the D3N plug-in (d3n_ext), not yet available")
+    from d3n_ext.task import teacher_dataset_hook
+
+    return teacher_dataset_hook(latents, model, str(weights))
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml", help="data YAML")
-    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt", help="detector checkpoint (.pt)")
+    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
+                   help="detector checkpoint (.pt) or export (.onnx, .torchscript)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -81,17 +84,18 @@ def val_options(opt: argparse.Namespace) -> ValOptions:
 
 
 def build_loader(opt: argparse.Namespace, data: DataConfig, stride: int,
-                 plugin: tuple[type, dict] | None) -> DataLoader:
+                 plugin: tuple[type, dict] | None, rect: bool = True) -> DataLoader:
     """The split's loader: rect batches padded by half a stride (letterbox), or stretched (--scale).
 
     `plugin` is (dataset class, its kwargs) from make_dataset_hook, for models with side inputs.
+    `rect=False` letterboxes to imgsz squares: static-shape exports take one input size.
     """
     split = "val" if opt.task == "speed" else opt.task
     dataset_cls, dataset_kwargs = LoadImagesAndLabels, ({} if opt.scale else {"pad": RECT_PAD})
     if plugin is not None:
         dataset_cls, extra = plugin
         dataset_kwargs.update(extra)
-    loader, _ = create_dataloader(data.images(split), opt.imgsz, opt.batch_size, stride, rect=not opt.scale,
+    loader, _ = create_dataloader(data.images(split), opt.imgsz, opt.batch_size, stride, rect=rect and not opt.scale,
                                   scale_mode=opt.scale, workers=opt.workers, shuffle=False,
                                   single_cls=opt.single_cls, nc=data.nc, prefix=f"{split}: ",
                                   dataset_cls=dataset_cls, dataset_kwargs=dataset_kwargs)
@@ -103,18 +107,25 @@ def run(opt: argparse.Namespace) -> ValResult:
     if opt.augment:
         raise SystemExit("error: --augment (test-time augmentation) is not supported")
     data = load_data_config(opt.data)
-    plugin = make_dataset_hook(opt.latents) if opt.latents is not None else None
+    if opt.latents is not None:
+        import d3n_ext  # noqa: F401  (registers the teacher's blocks before its checkpoint is rebuilt)
+
+        if not opt.scale:
+            LOGGER.warning("WARNING: a D3N teacher reads latents of the whole stretched image: turning on --scale")
+            opt.scale = True
     device = select_device(opt.device)
-    model = load_model(opt.weights, device, fuse=True)
+    model = load_backend(opt.weights, device, fuse=True)
     if opt.half and device.type == "cuda":
         model.half()
-    if model.side_inputs and plugin is None:
+    if model.side_inputs and opt.latents is None:
         raise SystemExit(f"error: {opt.weights}: this model needs side inputs {sorted(model.side_inputs)} "
                          "(a D3N teacher): pass --latents <feature repository>")
     if not opt.single_cls and len(model.names) != data.nc:
         raise ValueError(f"{opt.weights}: model has {len(model.names)} classes but {opt.data} has {data.nc}")
     names = ["item"] if opt.single_cls else data.names
-    loader = build_loader(opt, data, max(int(model.stride.max()), 32), plugin)
+    plugin = make_dataset_hook(opt.latents, model, opt.weights) if opt.latents is not None else None
+    loader = build_loader(opt, data, max(int(model.stride.max()), 32), plugin,
+                          rect=getattr(model, "fixed_hw", None) is None)
     save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     result = run_validation(model, loader, names, save_dir, val_options(opt), device=device)
     LOGGER.info("Results saved to %s", save_dir)

@@ -4,4 +4,4 @@ Importing this package registers its blocks (FeatureMapper, FreqFilter, CrossFus
 baselines) so model YAMLs can name them; the core (`models/`, `utils/`) never imports it.
 """
 
-from d3n_ext import fusion  # noqa: F401  (registers the fusion blocks)
+from d3n_ext import feature_mapper, fusion  # noqa: F401  (register the FeatureMapper and fusion blocks)

@@ -172,7 +172,7 @@ class FeatureDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-3]
-        y = self.decoder(z.reshape(-1, *z.shape[-3:]).float())  # (N, C_feature, h, w)
+        y = self.decoder(z.reshape(-1, *z.shape[-3:]).to(self.mean.dtype))  # (N, C_feature, h, w); fp16 latents in
         y = y * self.std[:, None, None] + self.mean[:, None, None]
         return y.view(*lead, *y.shape[1:])
 

@@ -34,8 +34,11 @@ MANIFEST, INDEX = "manifest.json", "index.json"
 KINDS = ("latent", "raw")
 
 
-class RepositoryError(RuntimeError):
-    """A feature repository that cannot answer; the message names the repository (and the image)."""
+class RepositoryError(RuntimeError, ValueError):
+    """A feature repository that cannot answer; the message names the repository (and the image).
+
+    Also a ValueError: bad input that train.py, val.py and detect.py report as one line.
+    """
 
 
 class StaleRepositoryError(RepositoryError):

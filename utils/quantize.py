@@ -4,7 +4,7 @@ ONNX Runtime's static quantizer with weights int8 per output channel and activat
 the fast path of its x86 kernels; S8S8 activations measured ~2.8x slower here), min-max ranges
 calibrated on letterboxed images of the data YAML's train split. The Detect head stays fp32: its
 1x1 convolutions are a sliver of the compute, and its decoding writes boxes in pixels (0..640),
-which an 8-bit grid would round to whole pixels and more.
+which an 8-bit grid would round to 2.5-pixel steps at 640.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from utils.augmentations import letterbox
 from utils.backends import ExportMetadata, load_backend
@@ -57,33 +60,28 @@ def calibration_files(files: list[Path], n: int = 64) -> list[Path]:
     return [files[i] for i in sorted(set(idx.tolist()))]
 
 
-def _reader_class():
-    from onnxruntime.quantization import CalibrationDataReader
+class LetterboxReader(CalibrationDataReader):
+    """Feeds calibration images as the detector sees them: letterboxed, RGB, 0-1, (1, 3, h, w)."""
 
-    class LetterboxReader(CalibrationDataReader):
-        """Feeds calibration images as the detector sees them: letterboxed, RGB, 0-1, (1, 3, h, w)."""
+    def __init__(self, files: list[Path], input_name: str, hw: tuple[int, int]):
+        self.files, self.input_name, self.hw = list(files), input_name, hw
+        self.position = 0
 
-        def __init__(self, files: list[Path], input_name: str, hw: tuple[int, int]):
-            self.files, self.input_name, self.hw = list(files), input_name, hw
-            self.position = 0
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        while self.position < len(self.files):
+            path = self.files[self.position]
+            self.position += 1
+            im = cv2.imread(str(path))
+            if im is None:
+                LOGGER.warning("WARNING: calibration: skipping unreadable image %s", path)
+                continue
+            im = letterbox(im, self.hw, auto=False)[0]
+            x = im[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # (1, 3, h, w)
+            return {self.input_name: np.ascontiguousarray(x)}
+        return None
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            while self.position < len(self.files):
-                path = self.files[self.position]
-                self.position += 1
-                im = cv2.imread(str(path))
-                if im is None:
-                    LOGGER.warning("WARNING: calibration: skipping unreadable image %s", path)
-                    continue
-                im = letterbox(im, self.hw, auto=False)[0]
-                x = im[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # (1, 3, h, w)
-                return {self.input_name: np.ascontiguousarray(x)}
-            return None
-
-        def rewind(self) -> None:
-            self.position = 0
-
-    return LetterboxReader
+    def rewind(self) -> None:
+        self.position = 0
 
 
 def detect_head_nodes(proto) -> list[str]:
@@ -98,10 +96,6 @@ def detect_head_nodes(proto) -> list[str]:
 
 def quantize_onnx(src: str | Path, dst: str | Path, calib: list[Path], fmt: str = "qdq") -> Path:
     """Write the int8 version of the fp32 export `src` to `dst` (atomically), metadata carried over."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if fmt not in INT8_FORMATS:
         raise ValueError(f"int8 format {fmt!r}: expected one of {', '.join(INT8_FORMATS)}")
     src, dst = Path(src), Path(dst)
@@ -109,7 +103,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calib: list[Path], fmt: str 
     meta: ExportMetadata = source.meta
     if meta.half or meta.int8:
         raise ValueError(f"{src}: quantize an fp32 export (this one is {'fp16' if meta.half else 'int8'})")
-    reader = _reader_class()(calib, source.input_name, meta.imgsz)
+    reader = LetterboxReader(calib, source.input_name, meta.imgsz)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         # ONNX shape inference and graph clean-up; ORT's symbolic (sympy) pass takes ~20 s on dynamic graphs and

@@ -38,12 +38,14 @@ def write_split(root: Path, split: str, ids: range) -> None:
 
 @pytest.fixture(scope="session")
 def teacher_repo(tmp_path_factory) -> dict[str, Path]:
-    """{'data': data YAML, 'repo': latent repository of every split, 'root': the folder}; built once per session."""
+    """{'data': data YAML, 'repo': ResVAE latents of every split, 'pca': PCA coefficients, 'raw': raw features,
+    'root': the folder}; built once per session."""
     from extract_features import main
 
     root = tmp_path_factory.getbasetemp() / "teacher-shared"
     paths = {"data": root / "data" / "data.yaml", "repo": root / "repo", "root": root}
-    if not (paths["repo"] / "manifest.json").is_file():
+    paths.update(pca=paths["repo"] / "pca", raw=paths["repo"] / "raw")
+    if not (paths["pca"] / "manifest.json").is_file():
         data = root / "data"
         write_split(data, "train", range(N_TRAIN))
         write_split(data, "val", range(N_TRAIN, N_TRAIN + N_VAL))
@@ -53,6 +55,8 @@ def teacher_repo(tmp_path_factory) -> dict[str, Path]:
         torch.set_num_threads(1)
         try:
             assert main(cli_args("all", paths["data"], root / "tiny.yaml", paths["repo"])) == 0
+            assert main(cli_args("build", paths["data"], root / "tiny.yaml", paths["repo"], "--raw")) == 0
+            assert main(cli_args("build", paths["data"], root / "tiny.yaml", paths["repo"], "--compressor", "pca")) == 0
         finally:
             torch.set_num_threads(before)
     return paths

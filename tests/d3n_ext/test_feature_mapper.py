@@ -14,13 +14,17 @@ from d3n_ext.latent_dataset import LatentDataset
 from d3n_ext.repository import LatentRepository
 from models.loading import build_from_checkpoint, model_payload
 from models.yolo import Model, ModelConfigError, load_model_yaml, parse_model
+from tests.d3n_ext.stage1_fixtures import one_thread  # noqa: F401  (fixture)
 from tests.d3n_ext.teacher_fixtures import bound_model, teacher_repo  # noqa: F401  (fixture)
 from utils.dataloaders import collate_fn
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
 from utils.optim import build_optimizer
 
-D3N_YAMLS = ("yolov5s-d3n.yaml", "yolov5n-d3n.yaml", "yolov5s-d3n-neckin.yaml")
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: faster, and immune to a busy machine
+
+D3N_YAMLS = ("yolov5s-d3n.yaml", "yolov5n-d3n.yaml", "yolov5s-d3n-neckin.yaml", "yolov5n-d3n-lite.yaml",
+             "yolov5s-d3n-lite.yaml")
 
 
 def mappers(model: torch.nn.Module) -> list[FeatureMapper]:
@@ -37,7 +41,7 @@ def test_unbound_yamls_build_with_the_paper_preset(name):
     assert all(not p.requires_grad for m in found for p in m.parameters())
 
 
-@pytest.mark.parametrize("name", D3N_YAMLS[1:])
+@pytest.mark.parametrize("name", ("yolov5n-d3n.yaml", "yolov5s-d3n-neckin.yaml", "yolov5n-d3n-lite.yaml"))
 def test_binding_sizes_every_d3n_row_from_the_repository(teacher_repo, name):
     repo = LatentRepository(teacher_repo["repo"])
     model = bound_model(teacher_repo["repo"], name)
@@ -51,10 +55,12 @@ def test_binding_sizes_every_d3n_row_from_the_repository(teacher_repo, name):
     assert [r.shape[2:4] for r in model.train()(x, model.dummy_side(x))] == [(32, 32), (16, 16), (8, 8)]
 
 
-def test_feature_mapper_decodes_exactly_like_the_stage1_decoders(teacher_repo):
-    repo = LatentRepository(teacher_repo["repo"])
-    model = bound_model(teacher_repo["repo"])
-    reference = load_feature_decoders(teacher_repo["repo"])
+@pytest.mark.parametrize("kind", ["repo", "pca", "raw"])  # ResVAE latents, PCA coefficients, raw features
+def test_feature_mapper_decodes_exactly_like_the_stage1_decoders(teacher_repo, kind):
+    repo = LatentRepository(teacher_repo[kind])
+    model = bound_model(teacher_repo[kind])
+    reference = load_feature_decoders(teacher_repo[kind])
+    assert {m.spec.decoder for m in mappers(model)} == {{"repo": "resvae"}.get(kind, kind)}
     for level, (mapper, decoder) in enumerate(zip(mappers(model), reference)):
         z = torch.from_numpy(repo.lookup_key(repo.keys[level])[level])[None]  # (1, T, C, h, w) float16
         expected = decoder(z).flatten(1, 2)  # timesteps concatenated after decoding

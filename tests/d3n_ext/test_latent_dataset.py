@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from d3n_ext.latent_dataset import LatentDataset
 from d3n_ext.repository import LatentRepository, MissingLatentError
+from tests.d3n_ext.stage1_fixtures import one_thread  # noqa: F401  (fixture)
 from tests.d3n_ext.teacher_fixtures import SIZE, coordinate_image, teacher_repo  # noqa: F401  (fixture)
 from utils.hyp import Hyp
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: faster, and immune to a busy machine
 
 SIDE_INPUTS = {"latents_p3": (12, 8), "latents_p4": (12, 16), "latents_p5": (12, 32)}  # T·C = 3·4 channels
 STILL = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0,
@@ -56,7 +58,8 @@ def bilinear(latents: torch.Tensor, x: float, y: float, stride: int) -> torch.Te
     j0, i0 = int(u), int(v)
     j1, i1, a, b = min(j0 + 1, w - 1), min(i0 + 1, h - 1), u - j0, v - i0
     lat = latents.float()
-    return (1 - b) * ((1 - a) * lat[:, i0, j0] + a * lat[:, i0, j1]) + b * ((1 - a) * lat[:, i1, j0] + a * lat[:, i1, j1])
+    top, bottom = (1 - a) * lat[:, i0, j0] + a * lat[:, i0, j1], (1 - a) * lat[:, i1, j0] + a * lat[:, i1, j1]
+    return (1 - b) * top + b * bottom
 
 
 def test_a_mosaic_places_each_tiles_latents_where_its_pixels_went(teacher_repo):

@@ -19,13 +19,16 @@ from d3n_ext.features import read_image
 from d3n_ext.repository import LatentRepository
 from d3n_ext.task import D3NTask
 from d3n_ext.teacher_inputs import TeacherSideInputs
+from tests.d3n_ext.stage1_fixtures import one_thread  # noqa: F401  (fixture)
 from tests.d3n_ext.teacher_fixtures import teacher_repo  # noqa: F401  (fixture)
 from utils.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: faster, and immune to a busy machine
 
 
 def train_flags(paths: dict, project, *extra: str) -> list[str]:
     return ["--data", str(paths["data"]), "--cfg", "yolov5n-d3n.yaml", "--imgsz", "128", "--batch-size", "4",
-            "--epochs", "1", "--workers", "0", "--project", str(project), "--name", "teacher", "--noplots",
+            "--epochs", "1", "--workers", "0", "--project", str(project), "--name", "teacher", "--noplots", "--noval",
             "--quiet", *extra]
 
 
@@ -36,6 +39,9 @@ def test_teacher_trains_validates_and_detects(teacher_repo, tmp_path, monkeypatc
     assert ckpt["train_opts"]["scale"] and ckpt["train_opts"]["extra"] == {"latents": str(teacher_repo["repo"])}
     assert ckpt["task"] == {"repository": str(teacher_repo["repo"].resolve()),
                             "fingerprint": repository_fingerprint(LatentRepository(teacher_repo["repo"]))}
+    resumed = train.options_from_args(train.parse_opt(["--resume", str(run / "weights" / "last.pt")]))
+    task = train.teacher_task(resumed)  # --resume restores the repository and the task with the options
+    assert isinstance(task, D3NTask) and task.root == teacher_repo["repo"] and resumed.scale
     with open(run / "results.csv", newline="") as f:
         row = next(csv.DictReader(f))
     for layer in (27, 31, 35):  # Fig. 11: the branch weights of each fusion block, logged per epoch
@@ -43,8 +49,8 @@ def test_teacher_trains_validates_and_detects(teacher_repo, tmp_path, monkeypatc
         assert sum(weights) == pytest.approx(1.0, abs=1e-5)
 
     result = val.main(["--data", str(teacher_repo["data"]), "--weights", str(best), "--latents",
-                       str(teacher_repo["repo"]), "--imgsz", "128", "--workers", "1", "--project", str(tmp_path / "val"),
-                       "--quiet"])
+                       str(teacher_repo["repo"]), "--imgsz", "128", "--project", str(tmp_path / "val"), "--quiet",
+                       "--workers", "1"])  # a DataLoader worker unpickles the repository
     assert 0.0 <= result.map50 <= 1.0
 
     source = tmp_path / "source"
