@@ -92,7 +92,11 @@ class DistillationTask(DetectionTask):
 
     def _teacher(self, device: torch.device) -> torch.nn.Module:
         if self.teacher is None:
+            from d3n_ext.binding import check_bound_to
+            from d3n_ext.repository import LatentRepository
+
             self.teacher = load_teacher(self.options.teacher, device)
+            check_bound_to(self.teacher.yaml, LatentRepository(self.options.latents), self.options.teacher)
         return self.teacher
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
