@@ -1,6 +1,7 @@
 """CPU inference of the deployable detector, batch 1: PyTorch fp32 (fused, inference_mode), PyTorch bf16
 autocast, ONNX Runtime fp32 (static and dynamic shapes) and int8 (QDQ and QOperator), median of --runs
-after warm-up. Back-ends run round-robin, so load drifting on a shared machine hits them all alike.
+after warm-up. Each back-end is timed in its own block, in two rounds, so load drifting on a shared
+machine hits them all alike (round-robin would let one thread pool's spinning slow the next).
 
     python benchmarks/cpu_inference.py [--cfg yolov5s.yaml] [--imgsz 640] [--runs 20] [--threads 2]
     python benchmarks/cpu_inference.py --weights runs/train/exp/weights/best.pt --acc-imgsz 160
@@ -89,22 +90,26 @@ def wait_for_quiet(max_load: float | None, patience_s: float = 1200) -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def time_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, tuple[list, list]]:
-    """Per back-end (wall ms, process CPU ms) of each run, measured round-robin (one run of each, `runs` times).
+def time_ms(fns: dict[str, Callable[[], object]], runs: int, rounds: int = 2,
+            warmup: int = 3) -> dict[str, tuple[list, list]]:
+    """Per back-end (wall ms, process CPU ms) of each run.
 
-    CPU time counts every thread of this process: with one thread it is what the run costs on an idle core,
-    a figure that load on a shared machine barely moves.
+    Each back-end runs in a block of its own (PyTorch's OpenMP threads and ONNX Runtime's pool both spin
+    for a while after a run and would slow whichever runs next), and the blocks repeat `rounds` times,
+    so load drifting on a shared machine hits every back-end alike. CPU time counts every thread of this
+    process: with one thread it is what a run costs on an idle core, which load barely moves.
     """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
     times: dict[str, tuple[list, list]] = {name: ([], []) for name in fns}
-    for _ in range(runs):
+    per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    for n in per_round:
         for name, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            times[name][0].append(1e3 * (time.perf_counter() - t))
-            times[name][1].append(1e3 * (time.process_time() - c))
+            for _ in range(warmup):
+                fn()
+            for _ in range(n):
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                times[name][0].append(1e3 * (time.perf_counter() - t))
+                times[name][1].append(1e3 * (time.process_time() - c))
     return times
 
 
