@@ -1,6 +1,6 @@
 """Training throughput (images/s) of yolov5n at 256 px, batch 16, on the synthetic data, after warm-up.
 
-    python -m benchmarks.train_throughput [--imgsz 256] [--batch-size 16] [--steps 30] [--workers 2]
+    python -m benchmarks.train_throughput [--imgsz 256] [--batch-size 16] [--steps 30] [--workers 2] [--reference]
 
 Times the Trainer's own step (forward, loss, backward, optimizer with accumulation, EMA) on batches
 from the real training dataloader (mosaic on), and prints the dataloader's throughput alone beside
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.reference_yolov5 import INSTALL_HINT, reference_model, reference_train_step
 from utils.trainer import Trainer, TrainOptions
+
+TARGET_IMAGES_S = 43.0
 
 
 def _make_data(root: Path) -> Path:
@@ -72,6 +75,23 @@ def step_throughput(trainer: Trainer, steps: int, warmup: int = 5, from_loader: 
     return n / (time.perf_counter() - t0)
 
 
+def reference_throughput(trainer: Trainer, cfg: str, steps: int, warmup: int = 5) -> float | None:
+    """Images/s of ultralytics/yolov5's own train step (model, loss, SGD, EMA) on the same cached batches."""
+    model = reference_model(cfg, nc=trainer.model.detect.nc)
+    if model is None:
+        print(INSTALL_HINT)
+        return None
+    source = _cycle(trainer.train_loader)
+    cached = [next(source)[:2] for _ in range(4)]
+    step = reference_train_step(model, trainer.opt.imgsz, trainer.model.detect.nc, trainer.accumulate)
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        imgs, targets = cached[i % 4]
+        step(imgs.float() / 255, targets, i)
+    return steps * cached[0][0].shape[0] / (time.perf_counter() - t0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="yolov5n.yaml")
@@ -79,6 +99,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference", action="store_true",
+                   help="also time ultralytics/yolov5's train step on the same batches (benchmarks/reference_yolov5.py)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = _make_data(Path(tmp) / "synth")
@@ -89,10 +111,16 @@ def main() -> None:
         loader = loader_throughput(trainer, 3 * args.steps // 2)
         compute = step_throughput(trainer, args.steps, from_loader=False)
         end_to_end = step_throughput(trainer, args.steps)
+        reference = reference_throughput(trainer, args.cfg, args.steps) if args.reference else None
     print(f"{args.cfg} {args.imgsz}px batch {args.batch_size}, {torch.get_num_threads()} threads:")
     print(f"  dataloader alone : {loader:7.1f} images/s ({args.workers} workers, mosaic on)")
     print(f"  training step    : {compute:7.1f} images/s (forward + loss + backward + optimizer/EMA, cached batches)")
     print(f"  training, end to end: {end_to_end:7.1f} images/s (the same steps fed by the live dataloader)")
+    if reference is not None:
+        print(f"  ultralytics/yolov5 step: {reference:7.1f} images/s (its model, loss, SGD, EMA; cached batches) -> "
+              f"ours is {compute / reference:.2f}x")
+    print(f"  target >= {TARGET_IMAGES_S:.0f} images/s end to end (ultralytics/yolov5's train.py on the FACTS.md "
+          f"machine): {'met' if end_to_end >= TARGET_IMAGES_S else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from models.loading import load_model
 from utils.augmentations import PAD_VALUE
 from utils.checkpoints import CheckpointError
+from utils.torch_utils import channels_last
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class OnnxBackend(DetectBackend):
     """ONNX Runtime on CPU, or with its CUDA provider when the device is a GPU and the provider exists."""
 
     def __init__(self, path: Path, device: torch.device = torch.device("cpu"), threads: int | None = None):
-        session, device = _onnx_session(path, device, threads)
+        session, device = onnx_session(path, device, threads)
         super().__init__(path, ExportMetadata.from_strings(session.get_modelmeta().custom_metadata_map, path), device)
         self.session = session
         inp = session.get_inputs()[0]
@@ -131,7 +132,7 @@ class OnnxBackend(DetectBackend):
         return torch.from_numpy(out).to(self.anchor.device, torch.float32)
 
 
-def _onnx_session(path: Path, device: torch.device, threads: int | None):
+def onnx_session(path: Path, device: torch.device, threads: int | None):
     """(InferenceSession, the device its outputs belong on); threads default to torch's."""
     import onnxruntime as ort
 
@@ -186,7 +187,8 @@ def _first_line(e: BaseException) -> str:
 def load_backend(weights: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> nn.Module:
     """The model for `weights` by its suffix: .onnx / .torchscript exports, anything else a checkpoint.
 
-    A checkpoint comes back as the Model itself (exactly as `load_model`), exports as DetectBackends.
+    A checkpoint comes back as the Model itself (as `load_model`, weights stored channels-last for speed),
+    exports as DetectBackends.
     """
     path, device = Path(weights), torch.device(device)
     suffix = path.suffix.lower()
@@ -196,4 +198,4 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", fuse: 
         return OnnxBackend(path, device)
     if suffix == ".torchscript":
         return TorchScriptBackend(path, device)
-    return load_model(path, device, fuse=fuse)
+    return channels_last(load_model(path, device, fuse=fuse))

@@ -33,8 +33,8 @@ from utils.loss import LossGains
 from utils.optim import build_optimizer, lr_factor, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.tasks import DetectionTask
-from utils.torch_utils import (ModelEMA, barrier, de_parallel, distributed_env, init_distributed, init_seeds,
-                               is_main_process, select_device)
+from utils.torch_utils import (ModelEMA, barrier, channels_last, de_parallel, distributed_env, init_distributed,
+                               init_seeds, is_main_process, select_device)
 from utils.validator import ValOptions, run_validation
 
 LOGGER = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Trainer:
         for k, v in model.named_parameters():
             if any(k.startswith(f"model.{x}.") for x in self.opt.freeze):
                 v.requires_grad = False  # parts frozen by their own block (e.g. a decoder) stay frozen too
-        return model.to(self.device)
+        return channels_last(model.to(self.device))
 
     def setup(self) -> None:
         opt = self.opt
