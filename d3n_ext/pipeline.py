@@ -52,7 +52,7 @@ class PipelineOptions:
     detect_source: str = "data/images"
 
 
-def _train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None = None) -> TrainOptions:
+def train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None = None) -> TrainOptions:
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
                         project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, extra=extra or {})
@@ -60,13 +60,12 @@ def _train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None =
 
 def _finished(run: Path, opt: TrainOptions) -> bool:
     """best.pt of a completed run with the same options (compared without resume/device/workers)."""
-    best = run / "weights" / "best.pt"
-    if not best.exists():
+    best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
+    if not (best.exists() and last.exists()):
         return False
     saved = load_checkpoint(best, expect="detector").get("train_opts") or {}
     keep = lambda d: {k: v for k, v in d.items() if k not in ("resume", "device", "workers", "quiet")}  # noqa: E731
-    return keep(saved) == keep(asdict(opt)) and int(load_checkpoint(best)["epoch"]) >= 0 and \
-        (run / "weights" / "last.pt").exists() and load_checkpoint(run / "weights" / "last.pt").get("optimizer") is None
+    return keep(saved) == keep(asdict(opt)) and load_checkpoint(last).get("optimizer") is None
 
 
 def train_stage(opt: TrainOptions, task, label: str) -> Path:
@@ -127,8 +126,18 @@ def format_table(rows: list[dict], imgsz: int) -> str:
     return head + body + note
 
 
-def run(p: PipelineOptions) -> list[dict]:
+def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, latents: Path | None) -> dict:
+    """val.py on the run's best.pt (the hybrid reads `latents`), then its table row."""
     import val
+
+    weights = run_dir / "weights" / "best.pt"
+    argv = ["--data", p.data, "--weights", str(weights), "--imgsz", str(p.imgsz), "--scale", "--quiet",
+            "--project", str(Path(p.out) / "val"), "--name", run_dir.name, "--exist-ok", "--workers", str(p.workers)]
+    result = val.main(argv + (["--latents", str(latents)] if latents else []))
+    return table_row(name, weights, result, p.imgsz)
+
+
+def run(p: PipelineOptions) -> list[dict]:
     from d3n_ext.distill import DistillationTask, DistillOptions
     from d3n_ext.stage1 import Stage1Options, run_all
     from d3n_ext.task import D3NTask
@@ -136,23 +145,17 @@ def run(p: PipelineOptions) -> list[dict]:
 
     out = Path(p.out)
     load_data_config(p.data)  # builds the synthetic data on first use
-    baseline = train_stage(_train_options(p, "baseline", p.cfg), None, "baseline")
+    baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
     features = out / "features"
     LOGGER.info("stage 1: DDPM, ResVAE and the latent repository in %s", features)
     run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
                           device=p.device, seed=p.seed, quiet=True))
-    teacher = train_stage(_train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)}),
+    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)}),
                           D3NTask(features), "teacher")
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features), dist_lambda=p.dist_lambda)
-    student = train_stage(_train_options(p, "student", p.cfg, asdict(distill)), DistillationTask(distill), "student")
-    rows = []
-    for name, run_dir, latents in (("baseline", baseline, None), ("teacher (hybrid)", teacher, features),
-                                   ("student (distilled)", student, None)):
-        weights = run_dir / "weights" / "best.pt"
-        argv = ["--data", p.data, "--weights", str(weights), "--imgsz", str(p.imgsz), "--scale", "--quiet",
-                "--project", str(out / "val"), "--name", run_dir.name, "--exist-ok", "--workers", str(p.workers)]
-        result = val.main(argv + (["--latents", str(latents)] if latents else []))
-        rows.append(table_row(name, weights, result, p.imgsz))
+    student = train_stage(train_options(p, "student", p.cfg, asdict(distill)), DistillationTask(distill), "student")
+    rows = [evaluate_run(p, name, run_dir, latents) for name, run_dir, latents in
+            (("baseline", baseline, None), ("teacher (hybrid)", teacher, features), ("student (distilled)", student, None))]
     text = format_table(rows, p.imgsz)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
@@ -164,17 +167,19 @@ def run(p: PipelineOptions) -> list[dict]:
     return rows
 
 
-def parse_opt(argv: list[str] | None = None) -> PipelineOptions:
-    d = PipelineOptions()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for key, value in asdict(d).items():
+def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:
+    """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet."""
+    for key, value in asdict(defaults).items():
         if key == "stage1_overrides":
             ap.add_argument("--stage1", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
-                            help="override DDPM/VAE preset keys, e.g. ddpm_train.iters=200")
+                            help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200")
             continue
         ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     ap.add_argument("--quiet", action="store_true")
-    args = vars(ap.parse_args(argv))
+
+
+def options_from_flags(args: dict) -> PipelineOptions:
+    """PipelineOptions from add_pipeline_flags' parsed values (consumed from `args`); sets up logging."""
     quiet = args.pop("quiet")
     overrides = {}
     for item in args.pop("stage1"):
@@ -182,6 +187,12 @@ def parse_opt(argv: list[str] | None = None) -> PipelineOptions:
         overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
     set_logging(not quiet)
     return PipelineOptions(**args, stage1_overrides=overrides)
+
+
+def parse_opt(argv: list[str] | None = None) -> PipelineOptions:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_flags(ap, PipelineOptions())
+    return options_from_flags(vars(ap.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
