@@ -435,7 +435,11 @@ def collate_fn(batch: list[tuple]) -> tuple:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random per worker from torch's per-worker seed (itself from the loader's generator)."""
+    """Seed numpy and random per worker from torch's per-worker seed (itself from the loader's generator).
+
+    Also keeps OpenCV single-threaded inside workers: its own thread pool would compete with the
+    other workers and the training threads for the same cores (torch already runs 1 thread here)."""
+    cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
