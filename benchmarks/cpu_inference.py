@@ -115,7 +115,7 @@ def wait_for_quiet(max_load: float | None, patience_s: float = 1200) -> str:
 
 
 def time_ms(fns: dict[str, Callable[[], object]], runs: int, rounds: int = 2,
-            warmup: int = 3) -> dict[str, tuple[list, list]]:
+            warmup: int = 3, pause_s: float = 1.0) -> dict[str, tuple[list, list]]:
     """Per back-end (wall ms, process CPU ms) of each run.
 
     Each back-end runs in a block of its own (PyTorch's OpenMP threads and ONNX Runtime's pool both spin
@@ -127,6 +127,7 @@ def time_ms(fns: dict[str, Callable[[], object]], runs: int, rounds: int = 2,
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
     for n in per_round:
         for name, fn in fns.items():
+            time.sleep(pause_s)  # let the previous back-end's spinning threads go to sleep
             for _ in range(warmup):
                 fn()
             for _ in range(n):
