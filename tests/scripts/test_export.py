@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import yaml
@@ -156,3 +157,9 @@ def test_int8_export_runs_and_keeps_the_output(self_labelled_data, tmp_path, cap
     assert b.shape == a.shape and torch.isfinite(b).all()
     assert (b[..., :4] - a[..., :4]).abs().mean() < 4.0  # boxes in pixels stay close; the head is fp32
     assert any("mAP@0.5" in m and "->" in m for m in caplog.messages)  # before/after on the val split
+    proto = onnx.load(str(int8))
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    int8_weights = {n.name: n.input[1] in dequantized for n in proto.graph.node if n.op_type == "Conv"}
+    kept = [name for name in int8_weights if "/model.0/" in name or "/model.24/" in name]
+    assert kept and not any(int8_weights[name] for name in kept)  # first conv and Detect head stay fp32
+    assert sum(int8_weights.values()) == len(int8_weights) - len(kept)  # every other conv is int8
