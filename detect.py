@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from utils.backends import DetectBackend, load_backend
 from utils.boxes import xyxy2xywh
-from utils.checkpoints import CheckpointError
+from utils.cli import exit_on_user_error
 from utils.files import atomic_write_bytes, increment_path, safe_name
 from utils.gradcam import CamWriter
 from utils.logging import set_logging
@@ -207,11 +206,11 @@ def main(argv: list[str] | None = None) -> Path:
     save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok)
     out = OutputOptions(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop, opt.line_thickness,
                         opt.hide_labels, opt.hide_conf, opt.cam)
-    try:
+    def body():
         side_fn = teacher_side_fn(opt.weights, opt.latents, opt.device) if opt.latents is not None else None
         return run(opt.weights, opt.source, predict, out, opt.device, side_fn)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+
+    return exit_on_user_error(body)
 
 
 if __name__ == "__main__":

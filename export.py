@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch.nn as nn
 from models.loading import load_model
 from models.yolo import Model
 from utils.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
-from utils.checkpoints import CheckpointError
+from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import atomic_write_bytes
 from utils.logging import set_logging
@@ -220,10 +219,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     opt = parse_opt(argv)
     set_logging(not opt.quiet)
-    try:
-        return run(opt)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    return exit_on_user_error(lambda: run(opt))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import fields
 from pathlib import Path
 
-from utils.checkpoints import CheckpointError, load_checkpoint
-from utils.data_config import DataConfigError
+from utils.checkpoints import load_checkpoint
+from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 from utils.trainer import StopTraining, Trainer, TrainOptions
 from models.yolo import ModelConfigError, load_model_yaml
@@ -88,10 +87,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 def run_training(opt: TrainOptions, task=None) -> Path:
     """Train and return the run directory; user errors become one-line exits."""
-    try:
-        return Trainer(opt, task).train()
-    except (CheckpointError, DataConfigError, ModelConfigError, FileNotFoundError, ValueError, StopTraining) as e:
-        sys.exit(f"error: {e}")
+    return exit_on_user_error(lambda: Trainer(opt, task).train(), extra=(StopTraining,))
 
 
 def reads_side_inputs(cfg: str) -> bool:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
 from utils.backends import load_backend
-from utils.checkpoints import CheckpointError
+from utils.cli import exit_on_user_error
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.files import increment_path
@@ -135,10 +134,7 @@ def run(opt: argparse.Namespace) -> ValResult:
 def main(argv: list[str] | None = None) -> ValResult:
     opt = parse_opt(argv)
     set_logging(not opt.quiet)
-    try:
-        return run(opt)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    return exit_on_user_error(lambda: run(opt))
 
 
 if __name__ == "__main__":

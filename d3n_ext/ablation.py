@@ -17,7 +17,7 @@ import argparse
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -26,7 +26,9 @@ from d3n_ext.fusion import FUSION_VARIANTS, fusion_row
 from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, train_options,
                               train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
+from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
+from utils.trainer import StopTraining
 
 LOGGER = logging.getLogger("d3n_ext.ablation")
 FUSION_BLOCKS = {name for name, _ in FUSION_VARIANTS.values()}
@@ -159,7 +161,8 @@ def parse_opt(argv: list[str] | None = None) -> AblationOptions:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    return run(parse_opt(argv))
+    a = parse_opt(argv)
+    return exit_on_user_error(lambda: run(a), extra=(StopTraining,))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ from models.loading import load_model
 from utils.checkpoints import load_checkpoint
 from utils.files import atomic_write_text
 from utils.logging import set_logging
-from utils.torch_utils import count_parameters, select_device
-from utils.trainer import Trainer, TrainOptions
+from utils.cli import exit_on_user_error
+from utils.torch_utils import count_parameters
+from utils.trainer import StopTraining, Trainer, TrainOptions
 
 LOGGER = logging.getLogger("d3n_ext.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     args = vars(ap.parse_args(argv))
     seeds = args.pop("seeds")
     p = options_from_flags(args)
-    return run_seeds(p, seeds) if seeds else run(p)
+    return exit_on_user_error(lambda: run_seeds(p, seeds) if seeds else run(p), extra=(StopTraining,))
 
 
 if __name__ == "__main__":

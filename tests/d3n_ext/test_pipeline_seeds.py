@@ -1,4 +1,4 @@
-"""The multi-seed report: one pipeline per seed in its own folder, and an honest student-vs-baseline margin."""
+"""The multi-seed report, and the one-line errors of the pipeline and ablation commands."""
 
 from __future__ import annotations
 
@@ -36,3 +36,12 @@ def test_seeds_flag_runs_each_seed_in_its_own_folder_and_writes_the_summary(tmp_
     assert seen == [(1, str(tmp_path / "seed1")), (2, str(tmp_path / "seed2"))]
     assert json.loads((tmp_path / "seeds.json").read_text()) == summary
     assert "2/2 seeds" in (tmp_path / "seeds.md").read_text()
+
+
+@pytest.mark.parametrize("module", ["pipeline", "ablation"])
+def test_a_missing_data_yaml_is_one_line_naming_it(module, tmp_path):
+    from d3n_ext import ablation
+
+    main = {"pipeline": pipeline.main, "ablation": ablation.main}[module]
+    with pytest.raises(SystemExit, match=r"^error: .*nope\.yaml: data YAML not found$"):
+        main(["--data", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
