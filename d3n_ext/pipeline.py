@@ -49,7 +49,7 @@ class PipelineOptions:
     workers: int = 2
     device: str = ""
     seed: int = 0
-    dist_lambda: float = 1.0
+    dist_lambda: float = 0.1  # eq. 6 weight; the paper (and train_distill.py) use 1, which hurt here (README)
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
 
