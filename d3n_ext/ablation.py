@@ -1,9 +1,9 @@
 """Ablations in the shape of the paper's Tables II and III, on any dataset: one teacher per row.
 
-    python -m d3n_ext.ablation --data data/synth-defects.yaml [--tables 2 3] [--cfg yolov5n-d3n-lite.yaml]
+    python -m d3n_ext.ablation --data data/synth-defects.yaml [--tables 2 3] [--teacher-cfg yolov5n-d3n-lite.yaml]
 
-Table II sets every fusion row of --cfg to one variant (concat + conv1x1, sum, weighted sum, dynamic
-cross-fusion), latents from the ResVAE, FreqFilter on. Table III keeps --cfg's own fusion rows and varies
+Table II sets every fusion row of --teacher-cfg to one variant (concat + conv1x1, sum, weighted sum, dynamic
+cross-fusion), latents from the ResVAE, FreqFilter on. Table III keeps the YAML's own fusion rows and varies
 what feeds them: PCA coefficients or ResVAE latents, with FreqFilter replaced by an identity or kept.
 Each row's model YAML is written beside its run (rows keep their indices, so `from` stays valid), and a
 baseline without DDPM features heads the table. Runs reuse stage 1 and each other exactly as the
@@ -16,21 +16,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from d3n_ext.binding import row_module, yaml_rows
 from d3n_ext.fusion import FUSION_VARIANTS, fusion_row
-from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, train_options,
-                              train_stage)
+from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, stage1,
+                              train_options, train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
 from utils.trainer import StopTraining
 
-LOGGER = logging.getLogger("d3n_ext.ablation")
 FUSION_BLOCKS = {name for name, _ in FUSION_VARIANTS.values()}
 PAPER_NEU_DET = {  # mAP@0.5 on NEU-DET (the paper's Tables II and III) beside ours, for the shape
     "concat1x1": 77.6, "sum": 77.4, "wsum": 78.2, "dcf": 79.0,
@@ -70,9 +69,9 @@ def ablate_yaml(cfg: dict, fusion: str | None, freq_filter: bool, kv_tokens: int
     CrossFusion rows get `kv_tokens` as their key/value cap (the lite YAMLs' way of staying affordable)."""
     cfg = copy.deepcopy(cfg)
     source = cfg.get("yaml_file", "<dict>")
-    rows = [row for section in ("backbone", "head") for row in cfg[section]]
-    fusion_rows = [r for r in rows if isinstance(r, list) and len(r) == 4 and str(r[2]) in FUSION_BLOCKS]
-    filters = [r for r in rows if isinstance(r, list) and len(r) == 4 and str(r[2]) == "FreqFilter"]
+    rows = [row for _, _, row in yaml_rows(cfg)]
+    fusion_rows = [r for r in rows if row_module(r) in FUSION_BLOCKS]
+    filters = [r for r in rows if row_module(r) == "FreqFilter"]
     if not fusion_rows:
         raise ModelConfigError(f"{source}: no fusion rows ({', '.join(sorted(FUSION_BLOCKS))}) to ablate; "
                                "use a D3N model YAML such as yolov5n-d3n-lite.yaml")
@@ -93,7 +92,7 @@ class AblationOptions:
     kv_tokens: int = 64
 
 
-def run_row(a: AblationOptions, row: AblationRow, features: Path) -> dict:
+def run_row(a: AblationOptions, row: AblationRow, latents: Path) -> dict:
     """Train (or reuse) the row's teacher and validate it."""
     from d3n_ext.task import D3NTask
 
@@ -106,7 +105,6 @@ def run_row(a: AblationOptions, row: AblationRow, features: Path) -> dict:
     if not cfg_path.is_file() or cfg_path.read_text() != text:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, text)
-    latents = features / "pca" if row.compressor == "pca" else features
     opt = train_options(p, row.run_name, str(cfg_path), {"latents": str(latents)})
     run = train_stage(opt, D3NTask(latents), f"table {row.table}: {row.label}")
     return {"table": row.table, "row": row.label, "run": row.run_name, **evaluate_run(p, row.label, run, latents),
@@ -127,7 +125,6 @@ def format_ablation(rows: list[dict], baseline: dict, p: PipelineOptions) -> str
 
 
 def run(a: AblationOptions) -> list[dict]:
-    from d3n_ext.stage1 import Stage1Options, run_all
     from utils.data_config import load_data_config
 
     p, out = a.pipeline, Path(a.pipeline.out)
@@ -138,11 +135,8 @@ def run(a: AblationOptions) -> list[dict]:
     load_data_config(p.data)
     baseline_run = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
     baseline = evaluate_run(p, "baseline", baseline_run, None)
-    features = out / "features"
-    for compressor in dict.fromkeys(r.compressor for r in rows):
-        run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
-                              device=p.device, seed=p.seed, compressor=compressor, quiet=True))
-    results = [run_row(a, row, features) for row in rows]
+    latents = {compressor: stage1(p, compressor) for compressor in dict.fromkeys(r.compressor for r in rows)}
+    results = [run_row(a, row, latents[row.compressor]) for row in rows]
     text = format_ablation(results, baseline, p)
     atomic_write_text(out / "ablation.md", text)
     atomic_write_text(out / "ablation.json", json.dumps({"baseline": baseline, "rows": results}, indent=2))

@@ -66,11 +66,11 @@ def decoder_specs(repo: LatentRepository) -> list[MapperSpec]:
     return specs
 
 
-def _rows(cfg: dict) -> list[tuple[str, int, list]]:
+def yaml_rows(cfg: dict) -> list[tuple[str, int, list]]:
     return [(section, j, r) for section in ("backbone", "head") for j, r in enumerate(cfg[section])]
 
 
-def _module(row) -> str | None:
+def row_module(row) -> str | None:
     """The module name of a well-formed row (malformed ones are left for the parser to report)."""
     return str(row[2]) if isinstance(row, list) and len(row) == 4 else None
 
@@ -111,8 +111,8 @@ def bind_repository(cfg: dict, repo: LatentRepository) -> dict:
 def bind_levels(cfg: dict, levels: list[LevelBinding], what: str) -> dict:
     """A copy of the model YAML dict whose SideInput, FeatureMapper and FreqFilter rows read `levels`."""
     cfg, source = copy.deepcopy(cfg), cfg.get("yaml_file", "<dict>")
-    rows = _rows(cfg)
-    mappers = [i for i, (_, _, r) in enumerate(rows) if _module(r) == "FeatureMapper"]
+    rows = yaml_rows(cfg)
+    mappers = [i for i, (_, _, r) in enumerate(rows) if row_module(r) == "FeatureMapper"]
     if not mappers:
         raise ModelConfigError(f"{source}: no FeatureMapper rows, so nothing reads {what}; "
                                "use a D3N model YAML such as yolov5s-d3n.yaml")
@@ -128,12 +128,12 @@ def bind_levels(cfg: dict, levels: list[LevelBinding], what: str) -> dict:
         spec = dataclasses.replace(bound.spec, combine=args[7] if len(args) > 7 else "concat")  # the YAML's choice
         row[3] = spec.to_args()
         src = _single_from(row, i)
-        if src is None or not 0 <= src < i or _module(rows[src][2]) != "SideInput":
+        if src is None or not 0 <= src < i or row_module(rows[src][2]) != "SideInput":
             raise ModelConfigError(f"{where} must read a SideInput row (its 'from' names layer {src})")
         side = rows[src][2]
         side[3] = [side[3][0], spec.in_channels, bound.stride]
         for k, (_, _, other) in enumerate(rows):
-            if k > i and _module(other) == "FreqFilter" and _single_from(other, k) == i:
+            if k > i and row_module(other) == "FreqFilter" and _single_from(other, k) == i:
                 other[3] = list(bound.hw)
     return cfg
 
@@ -158,8 +158,8 @@ def load_repository_weights(model: nn.Module, repo: LatentRepository) -> nn.Modu
 def check_bound_to(model_yaml: dict, repo: LatentRepository, source: str) -> None:
     """Refuse a repository whose latents the model's decoders were not trained on (other stage-1 weights)."""
     fp = repository_fingerprint(repo)
-    for i, (_, _, row) in enumerate(_rows(model_yaml)):
-        if _module(row) != "FeatureMapper":
+    for i, (_, _, row) in enumerate(yaml_rows(model_yaml)):
+        if row_module(row) != "FeatureMapper":
             continue
         bound = row[3][8] if len(row[3]) > 8 else ""
         if not bound:
@@ -172,7 +172,7 @@ def check_bound_to(model_yaml: dict, repo: LatentRepository, source: str) -> Non
 def side_inputs_of_yaml(model_yaml: dict) -> dict[str, tuple[int, int]]:
     """{name: (channels, stride)} of a model YAML dict's SideInput rows, as Model.side_inputs gives them."""
     return {str(r[3][0]): (int(r[3][1]), int(r[3][2]) if len(r[3]) > 2 else 8)
-            for _, _, r in _rows(model_yaml) if _module(r) == "SideInput"}
+            for _, _, r in yaml_rows(model_yaml) if row_module(r) == "SideInput"}
 
 
 def levels_by_stride(side_inputs: dict[str, tuple[int, int]], repo: LatentRepository) -> dict[str, int]:

@@ -139,19 +139,26 @@ def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, latents: Path | N
     return table_row(name, weights, result, p.imgsz)
 
 
+def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
+    """Stage 1 under <out>/features (reused when finished): the repository `compressor`'s latents live in."""
+    from d3n_ext.stage1 import Stage1Options, run_all
+
+    features = Path(p.out) / "features"
+    LOGGER.info("stage 1: DDPM, %s and the latent repository in %s", compressor, features)
+    run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
+                          device=p.device, seed=p.seed, compressor=compressor, quiet=True))
+    return features / "pca" if compressor == "pca" else features
+
+
 def run(p: PipelineOptions) -> list[dict]:
     from d3n_ext.distill import DistillationTask, DistillOptions
-    from d3n_ext.stage1 import Stage1Options, run_all
     from d3n_ext.task import D3NTask
     from utils.data_config import load_data_config
 
     out = Path(p.out)
     load_data_config(p.data)  # builds the synthetic data on first use
     baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
-    features = out / "features"
-    LOGGER.info("stage 1: DDPM, ResVAE and the latent repository in %s", features)
-    run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
-                          device=p.device, seed=p.seed, quiet=True))
+    features = stage1(p)
     teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)}),
                           D3NTask(features), "teacher")
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features), dist_lambda=p.dist_lambda)

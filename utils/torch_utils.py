@@ -70,7 +70,7 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def channels_last(model: nn.Module) -> nn.Module:
     """Store 4-D weights NHWC: oneDNN (CPU) and cuDNN pick faster convolution kernels for it, and every
-    conv output follows the weights' layout. Measured here: yolov5s@640 inference -25 %, yolov5n training
+    conv output follows the weights' layout. Measured here: yolov5s@640 inference -20 %, yolov5n training
     steps +22 % images/s (benchmarks/cpu_inference.py, benchmarks/train_throughput.py). Same numbers up
     to float rounding; the state_dict keys and shapes do not change."""
     return model.to(memory_format=torch.channels_last)
