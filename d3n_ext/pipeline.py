@@ -65,7 +65,7 @@ def _finished(run: Path, opt: TrainOptions) -> bool:
     best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
     if not (best.exists() and last.exists()):
         return False
-    saved = load_checkpoint(best, expect="detector").get("train_opts") or {}
+    saved = {**asdict(TrainOptions()), **(load_checkpoint(best, expect="detector").get("train_opts") or {})}
     keep = lambda d: {k: v for k, v in d.items() if k not in ("resume", "device", "workers", "quiet")}  # noqa: E731
     return keep(saved) == keep(asdict(opt)) and load_checkpoint(last).get("optimizer") is None
 

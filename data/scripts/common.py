@@ -26,9 +26,10 @@ from tqdm import tqdm
 LOGGER = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 OUTSIDE_TOLERANCE_PX = 1.0  # VOC's 1-based corners are often off by one at the border
 REPORT_NAME = "conversion.json"
+DATA_YAML_NAME = "data.yaml"
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, continuous edges
 
@@ -63,7 +64,7 @@ def yolo_label_text(rows: Iterable[tuple[int, Box]], width: int, height: int) ->
     return "".join(lines)
 
 
-def prepare_output(out: Path, exist_ok: bool) -> None:
+def prepare_output(out: Path, exist_ok: bool, splits: Iterable[str] = ("train", "val")) -> None:
     """Refuse to mix a new conversion into an existing folder unless asked to replace it.
 
     With exist_ok the folder's images/, labels/ and report are removed first, so no stale
@@ -76,9 +77,20 @@ def prepare_output(out: Path, exist_ok: bool) -> None:
         for sub in ("images", "labels"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / REPORT_NAME).unlink(missing_ok=True)
-    for split in SPLITS:
+    for split in splits:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+
+
+def write_data_yaml(out: Path, names: list[str], fractions: dict[str, float]) -> Path:
+    """<out>/data.yaml naming exactly the splits written (no `path:`, so it resolves to its own folder)."""
+    shares = " ".join(f"{fractions[s]:g}" for s in fractions)
+    lines = [f"# written by the converter: --split {shares}; train with --data {out / DATA_YAML_NAME}\n"]
+    lines += [f"{s}: images/{s}\n" for s in SPLITS if fractions.get(s, 0.0) > 0]
+    lines += ["names:\n"] + [f"  {i}: {n}\n" for i, n in enumerate(names)]
+    path = out / DATA_YAML_NAME
+    atomic_write_text(path, "".join(lines))
+    return path
 
 
 class ImageIndex:
@@ -199,28 +211,53 @@ def _fmt(box: Box) -> str:
 # ---------------------------------------------------------------- split
 
 
-def stratified_split(groups: dict[str, str], val_fraction: float, seed: int) -> dict[str, str]:
-    """Key -> 'train'/'val': val holds round(n * fraction) keys, shared out over the groups
-    in proportion to their sizes (largest remainders first), reproducible by seed.
+def split_fractions(values: list[float] | tuple[float, ...]) -> dict[str, float]:
+    """{'train', 'val'[, 'test']} -> share of images, from `--split 0.8 0.2` or `--split 0.7 0.1 0.2`."""
+    if len(values) not in (2, 3) or any(v < 0 for v in values) or values[0] <= 0:
+        raise ValueError(f"--split {' '.join(map(str, values))}: give 2 or 3 shares (train val [test]), "
+                         "train above 0, none negative")
+    total = float(sum(values))
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"--split {' '.join(map(str, values))}: the shares add up to {total:g}, not 1")
+    return dict(zip(("train", "val", "test"), (float(v) for v in values)))
 
-    Keys are sorted before shuffling, so the result does not depend on file-system order.
+
+def _quotas(by_group: dict[str, list[str]], share: float, total: int) -> dict[str, int]:
+    """Per group how many keys a split of `share` takes: round(total * share) overall, shared out in
+    proportion to the group sizes, largest remainders first (half rounds up, unlike round())."""
+    quota = {g: len(keys) * share for g, keys in by_group.items()}
+    n = {g: int(q) for g, q in quota.items()}
+    left = int(total * share + 0.5) - sum(n.values())
+    for g in sorted(quota, key=lambda g: (n[g] - quota[g], g))[:max(left, 0)]:
+        n[g] += 1
+    return n
+
+
+def stratified_split(groups: dict[str, str], fractions: dict[str, float] | float, seed: int) -> dict[str, str]:
+    """Key -> split name, stratified by group and reproducible by seed.
+
+    `fractions` maps split names to shares ({'train': 0.7, 'val': 0.1, 'test': 0.2}); a bare float is
+    the val share of a train/val split. Every split but train holds round(n * share) keys, shared out
+    over the groups in proportion to their sizes; train takes the rest. Keys are sorted before
+    shuffling, so the result does not depend on file-system order, and the val keys of a 3-way split
+    are drawn first: `--split 0.7 0.1 0.2` and `--split 0.9 0.1` with one seed share their val set.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val fraction {val_fraction} must be in [0, 1)")
+    if not isinstance(fractions, dict):
+        if not 0.0 <= fractions < 1.0:
+            raise ValueError(f"val fraction {fractions} must be in [0, 1)")
+        fractions = {"train": 1.0 - fractions, "val": fractions}
     by_group: dict[str, list[str]] = defaultdict(list)
     for key in sorted(groups):
         by_group[groups[key]].append(key)
-    quota = {g: len(keys) * val_fraction for g, keys in by_group.items()}
-    n_val = {g: int(q) for g, q in quota.items()}
-    left = int(len(groups) * val_fraction + 0.5) - sum(n_val.values())  # half rounds up, unlike round()
-    for g in sorted(quota, key=lambda g: (n_val[g] - quota[g], g))[:max(left, 0)]:
-        n_val[g] += 1
+    held_out = [s for s in ("val", "test") if fractions.get(s, 0.0) > 0]
+    quotas = {s: _quotas(by_group, fractions[s], len(groups)) for s in held_out}
     rng = np.random.default_rng(seed)
     split = {}
     for group in sorted(by_group):
         keys = by_group[group]
+        names = [s for s in held_out for _ in range(quotas[s][group])]
         for rank, i in enumerate(rng.permutation(len(keys))):
-            split[keys[i]] = "val" if rank < n_val[group] else "train"
+            split[keys[i]] = names[rank] if rank < len(names) else "train"
     return split
 
 
@@ -250,10 +287,14 @@ class ConversionSummary:
     def note_odd(self, item: str, reason: str) -> None:
         self.odd.append((item, reason))
 
+    def splits(self) -> list[str]:
+        """train and val always, test when the split wrote one."""
+        return [s for s in SPLITS if s != "test" or self.images[s]]
+
     def to_dict(self) -> dict:
         return {
-            "images": {s: self.images[s] for s in SPLITS},
-            "instances": {s: {n: self.instances[s][n] for n in self.names} for s in SPLITS},
+            "images": {s: self.images[s] for s in self.splits()},
+            "instances": {s: {n: self.instances[s][n] for n in self.names} for s in self.splits()},
             "skipped": [list(x) for x in self.skipped],
             "odd": [list(x) for x in self.odd],
             "notes": dict(self.notes),
@@ -262,10 +303,11 @@ class ConversionSummary:
     def report(self, max_items: int = 20) -> str:
         """A table of instances per class and split, then the skipped and odd items."""
         width = max(len(n) for n in self.names + ["class"])
-        lines = [f"{'class':<{width}} {'train':>7} {'val':>7}"]
+        splits = self.splits()
+        lines = [f"{'class':<{width}}" + "".join(f" {s:>7}" for s in splits)]
         for n in self.names:
-            lines.append(f"{n:<{width}} {self.instances['train'][n]:>7} {self.instances['val'][n]:>7}")
-        lines.append(f"{'images':<{width}} {self.images['train']:>7} {self.images['val']:>7}")
+            lines.append(f"{n:<{width}}" + "".join(f" {self.instances[s][n]:>7}" for s in splits))
+        lines.append(f"{'images':<{width}}" + "".join(f" {self.images[s]:>7}" for s in splits))
         for key, value in sorted(self.notes.items()):
             lines.append(f"{key}: {value}")
         for title, items in (("skipped", self.skipped), ("odd (kept)", self.odd)):
@@ -331,7 +373,7 @@ def _voc_rows(item: _VocItem, width: int, height: int, lookup: dict[str, int],
 
 
 def convert_voc(src: Path, out: Path, names: list[str], lookup: dict[str, int], *, seed: int,
-                val_fraction: float, exist_ok: bool) -> ConversionSummary:
+                split: tuple[float, ...], exist_ok: bool) -> ConversionSummary:
     """Convert a folder of VOC XML files and their images into YOLO images/labels.
 
     Images are copied unchanged; their true size (decoded) normalises the boxes. The split is
@@ -339,12 +381,13 @@ def convert_voc(src: Path, out: Path, names: list[str], lookup: dict[str, int], 
     """
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: source folder not found")
-    prepare_output(out, exist_ok)
+    fractions = split_fractions(split)
+    prepare_output(out, exist_ok, fractions)
     summary = ConversionSummary(list(names))
     items = _collect_voc(src, summary)
     groups = {it.image.name: str(lookup.get(normalise_name(it.annotation.objects[0].name), -1))
               if it.annotation.objects else "" for it in items}
-    split = stratified_split(groups, val_fraction, seed)
+    split_of = stratified_split(groups, fractions, seed)
     for item in tqdm(items, desc=f"converting {src.name}", leave=False):
         try:
             data, image = read_image(item.image)
@@ -359,11 +402,12 @@ def convert_voc(src: Path, out: Path, names: list[str], lookup: dict[str, int], 
         if ann.objects and not rows:
             summary.skip(str(item.xml), "no usable box left")
             continue
-        s = split[item.image.name]
+        s = split_of[item.image.name]
         atomic_write_bytes(out / "images" / s / item.image.name, data)
         atomic_write_text(out / "labels" / s / f"{item.image.stem}.txt", yolo_label_text(rows, width, height))
         summary.add_labels(s, (c for c, _ in rows))
     summary.save(out)
+    write_data_yaml(out, names, fractions)
     return summary
 
 
@@ -375,8 +419,9 @@ def converter_parser(description: str, default_out: str) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--src", type=Path, required=True, help="the downloaded dataset folder")
     parser.add_argument("--out", type=Path, default=Path(default_out), help="YOLO dataset folder to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--split", type=float, nargs="+", default=[0.8, 0.2], metavar="SHARE",
+                        help="shares of train val [test], stratified by class: 0.8 0.2 (default) or 0.7 0.1 0.2")
     parser.add_argument("--exist-ok", action="store_true", help="replace an existing --out")
     return parser
 
@@ -385,11 +430,11 @@ def run_converter(convert: Callable[..., ConversionSummary], args: argparse.Name
     """Call a converter with the shared flags, print its report; one-line error on bad input."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = convert(args.src, args.out, seed=args.seed, val_fraction=args.val_fraction,
+        summary = convert(args.src, args.out, seed=args.seed, split=tuple(args.split),
                           exist_ok=args.exist_ok, **extra)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         LOGGER.error("error: %s", e)
         return 1
     print(summary.report())
-    print(f"wrote {args.out} (report: {args.out / REPORT_NAME})")
+    print(f"wrote {args.out} (data YAML: {args.out / DATA_YAML_NAME}, report: {args.out / REPORT_NAME})")
     return 0

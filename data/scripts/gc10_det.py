@@ -21,11 +21,11 @@ PINYIN = ["chongkong", "hanfeng", "yueyawan", "shuiban", "youban",
 ALIASES = {**{f"{i + 1}_{p}": NAMES[i] for i, p in enumerate(PINYIN)}, **dict(zip(PINYIN, NAMES))}
 
 
-def convert(src: Path, out: Path, *, seed: int = 0, val_fraction: float = 0.2,
+def convert(src: Path, out: Path, *, seed: int = 0, split: tuple[float, ...] = (0.8, 0.2),
             exist_ok: bool = False) -> ConversionSummary:
-    """Write out/images/{train,val} and out/labels/{train,val}; return counts and skipped items."""
+    """Write out/images/<split>, out/labels/<split> and out/data.yaml; return counts and skipped items."""
     return convert_voc(Path(src), Path(out), NAMES, class_lookup(NAMES, ALIASES), seed=seed,
-                       val_fraction=val_fraction, exist_ok=exist_ok)
+                       split=split, exist_ok=exist_ok)
 
 
 def main(argv: list[str] | None = None) -> int:

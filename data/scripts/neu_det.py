@@ -16,11 +16,11 @@ from data.scripts.common import ConversionSummary, class_lookup, converter_parse
 NAMES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 
 
-def convert(src: Path, out: Path, *, seed: int = 0, val_fraction: float = 0.2,
+def convert(src: Path, out: Path, *, seed: int = 0, split: tuple[float, ...] = (0.8, 0.2),
             exist_ok: bool = False) -> ConversionSummary:
-    """Write out/images/{train,val} and out/labels/{train,val}; return counts and skipped items."""
+    """Write out/images/<split>, out/labels/<split> and out/data.yaml; return counts and skipped items."""
     return convert_voc(Path(src), Path(out), NAMES, class_lookup(NAMES), seed=seed,
-                       val_fraction=val_fraction, exist_ok=exist_ok)
+                       split=split, exist_ok=exist_ok)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from data.scripts.common import (Box, ConversionSummary, ImageIndex, atomic_write_bytes, atomic_write_text,
                                  box_area, check_box, clip_box, converter_parser, normalise_name,
-                                 prepare_output, read_image, run_converter, stratified_split,
-                                 yolo_label_text)
+                                 prepare_output, read_image, run_converter, split_fractions,
+                                 stratified_split, write_data_yaml, yolo_label_text)
 
 NAMES = ["sewing", "sewing_print", "scrimp", "bug", "flaw", "color_shade", "miss_print", "hole", "fold"]
 DEFAULT_CLASS_MAP: dict[str, str | None] = {
@@ -155,16 +155,17 @@ def _convert_image(path: Path, rows: list[tuple[int, Box]], out_dir: tuple[Path,
         summary.add_labels(split, (c for c, _ in kept))
 
 
-def convert(src: Path, out: Path, *, seed: int = 0, val_fraction: float = 0.2, exist_ok: bool = False,
+def convert(src: Path, out: Path, *, seed: int = 0, split: tuple[float, ...] = (0.8, 0.2), exist_ok: bool = False,
             annotations: Path | None = None, class_map: Path | None = None,
             min_visible: float = MIN_VISIBLE) -> ConversionSummary:
-    """Write out/images/{train,val} and out/labels/{train,val}; return counts and skipped items."""
+    """Write out/images/<split>, out/labels/<split> and out/data.yaml; return counts and skipped items."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: source folder not found")
     lookup = load_class_map(class_map)
     annotations = Path(annotations) if annotations else find_annotations(src)
-    prepare_output(out, exist_ok)
+    fractions = split_fractions(split)
+    prepare_output(out, exist_ok, fractions)
     summary = ConversionSummary(list(NAMES))
     rows = read_annotations(annotations, lookup, summary)
     images = ImageIndex(src)
@@ -174,11 +175,12 @@ def convert(src: Path, out: Path, *, seed: int = 0, val_fraction: float = 0.2, e
         if paths[name] is None:
             summary.skip(name, f"image not found under {src}")
     found = {n: p for n, p in paths.items() if p is not None}
-    split = stratified_split({n: str(rows[n][0][0]) for n in found}, val_fraction, seed)
+    split_of = stratified_split({n: str(rows[n][0][0]) for n in found}, fractions, seed)
     for name, path in tqdm(found.items(), desc="slicing Tianchi images", leave=False):
-        s = split[name]
+        s = split_of[name]
         _convert_image(path, rows[name], (out / "images" / s, out / "labels" / s), min_visible, summary, s)
     summary.save(out)
+    write_data_yaml(out, NAMES, fractions)
     return summary
 
 

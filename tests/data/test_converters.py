@@ -84,6 +84,36 @@ def test_split_is_stratified_and_reproducible_by_seed(neu_src: Path, tmp_path: P
     assert sorted(v.split("_")[0] for v in val) == ["crazing", "crazing", "scratches", "scratches"]
 
 
+def test_three_way_split_is_stratified_and_keeps_the_two_way_val_set(neu_src: Path, tmp_path: Path):
+    summary = neu_det.convert(neu_src, tmp_path / "three", seed=1, split=(0.5, 0.2, 0.3))
+    neu_det.convert(neu_src, tmp_path / "two", seed=1, split=(0.8, 0.2))
+    three, two = split_of(tmp_path / "three"), split_of(tmp_path / "two")
+    assert summary.images == {"train": 10, "val": 4, "test": 6}
+    for s, n in (("val", 2), ("test", 3)):  # 10 crazing + 10 scratches images, shares kept per class
+        assert sorted(k.split("_")[0] for k, v in three.items() if v == s) == ["crazing"] * n + ["scratches"] * n
+    assert {k for k, v in three.items() if v == "val"} == {k for k, v in two.items() if v == "val"}
+
+
+def test_converter_writes_a_data_yaml_naming_the_splits_it_wrote(neu_src: Path, tmp_path: Path):
+    from utils.data_config import load_data_config
+
+    neu_det.convert(neu_src, tmp_path / "out", seed=0, split=(0.7, 0.1, 0.2))
+    cfg = load_data_config(tmp_path / "out" / common.DATA_YAML_NAME)
+    assert sorted(cfg.splits) == ["test", "train", "val"] and cfg.names == neu_det.NAMES
+    assert sum(len(v) for v in cfg.splits.values()) == 20
+    neu_det.convert(neu_src, tmp_path / "two", seed=0)
+    assert sorted(load_data_config(tmp_path / "two" / common.DATA_YAML_NAME).splits) == ["train", "val"]
+
+
+@pytest.mark.parametrize("shares, problem", [((0.7, 0.2), "add up to 0.9"), ((1.0,), "2 or 3 shares"),
+                                             ((0.9, -0.1, 0.2), "none negative")])
+def test_bad_split_is_a_one_line_error(neu_src: Path, tmp_path: Path, shares, problem, caplog):
+    argv = ["--src", str(neu_src), "--out", str(tmp_path / "o"), "--split", *map(str, shares)]
+    assert neu_det.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and problem in errors[0] and "\n" not in errors[0] and not (tmp_path / "o").exists()
+
+
 def test_gc10_maps_pinyin_and_english_names(tmp_path: Path):
     src = tmp_path / "GC10-DET"
     names = ["1_chongkong", "welding line", "10_yaozhe", "Welding_Line", "7_yiwu"]
@@ -150,7 +180,7 @@ def test_tianchi_halves_of_one_image_share_a_split(tmp_path: Path):
     names = [f"img{i}.jpg" for i in range(6)]
     write_tianchi(src, [{"name": n, "defect_name": "织疵", "bbox": [1900, 10, 2200, 90]} for n in names], names)
     out = tmp_path / "out"
-    tianchi.convert(src, out, seed=3, val_fraction=0.5)
+    tianchi.convert(src, out, seed=3, split=(0.5, 0.5))
     split = split_of(out)
     assert len(split) == 12 and sum(s == "val" for s in split.values()) == 6
     assert all(split[f"img{i}_left"] == split[f"img{i}_right"] for i in range(6))
