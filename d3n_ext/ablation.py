@@ -23,8 +23,8 @@ import yaml
 
 from d3n_ext.binding import row_module, yaml_rows
 from d3n_ext.fusion import FUSION_VARIANTS, fusion_row
-from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, stage1,
-                              train_options, train_stage)
+from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, report_split,
+                              stage1, train_options, train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
@@ -107,12 +107,16 @@ def run_row(a: AblationOptions, row: AblationRow, latents: Path) -> dict:
         atomic_write_text(cfg_path, text)
     opt = train_options(p, row.run_name, str(cfg_path), {"latents": str(latents)})
     run = train_stage(opt, D3NTask(latents), f"table {row.table}: {row.label}")
-    return {"table": row.table, "row": row.label, "run": row.run_name, **evaluate_run(p, row.label, run, latents),
+    result = evaluate_run(p, row.label, run, latents, report_split(p.data))
+    return {"table": row.table, "row": row.label, "run": row.run_name, **result,
             "paper NEU-DET mAP@0.5": PAPER_NEU_DET[row.key]}
 
 
 def format_ablation(rows: list[dict], baseline: dict, p: PipelineOptions) -> str:
-    lines = [f"Ablations on {p.data}: {p.teacher_cfg} teachers, {p.epochs} epochs at {p.imgsz} px, seed {p.seed}.",
+    split = baseline.get("split", "val")
+    chosen = "best.pt chosen on val, figures on the test split" if split == "test" else "figures on the val split"
+    lines = [f"Ablations on {p.data}: {p.teacher_cfg} teachers, {p.epochs} epochs at {p.imgsz} px, seed {p.seed}; "
+             f"{chosen}.",
              f"Baseline (YOLOv5 without DDPM features): mAP@0.5 {baseline['mAP@0.5']:.3f}, "
              f"mAP@0.5:0.95 {baseline['mAP@0.5:0.95']:.3f}.", ""]
     for table in dict.fromkeys(r["table"] for r in rows):
@@ -134,7 +138,7 @@ def run(a: AblationOptions) -> list[dict]:
     rows = [r for t in a.tables for r in TABLE_ROWS[t]]
     load_data_config(p.data)
     baseline_run = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
-    baseline = evaluate_run(p, "baseline", baseline_run, None)
+    baseline = evaluate_run(p, "baseline", baseline_run, None, report_split(p.data))
     latents = {compressor: stage1(p, compressor) for compressor in dict.fromkeys(r.compressor for r in rows)}
     results = [run_row(a, row, latents[row.compressor]) for row in rows]
     text = format_ablation(results, baseline, p)

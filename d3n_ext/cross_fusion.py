@@ -7,6 +7,8 @@
     Z       = X + Σ softmax(α)_i · B_i     α: three scalars, 0 at init (equal weights)
 
 Table I's four switches turn parts of this off; `variant` names a combination (D3N-SPEC §4).
+The optional `gate` arg `zero` blends the block's output into X through a zero-initialised,
+per-channel γ (Z = X + γ ⊙ (F − X), fusion_inputs.OutputGate): the block starts as the identity.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from d3n_ext.attention import MapAttention
-from d3n_ext.fusion_inputs import DDPMProjection, check_single_repeat, fusion_channels, resize_to, split_pair
+from d3n_ext.fusion_inputs import (DDPMProjection, OutputGate, check_single_repeat, fusion_channels, resize_to,
+                                   split_pair)
 from models.registry import BuildContext, register_block
 
 SWITCH_TOKENS = {"sa": "dual_self_attention", "ws": "weighted_sum", "res": "residual", "norm": "norm"}
@@ -67,7 +70,7 @@ class CrossFusion(nn.Module):
     """Z = [X +] Σ w_i B_i over the branches the switches leave (module docstring); output like X."""
 
     def __init__(self, c_x: int, c_y: int, heads: int = 4, variant: str = "dcf", max_tokens: int = 4096,
-                 dual_self_attention: bool | None = None, weighted_sum: bool | None = None,
+                 gate: str = "none", dual_self_attention: bool | None = None, weighted_sum: bool | None = None,
                  residual: bool | None = None, norm: bool | None = None):
         super().__init__()
         overrides = {"dual_self_attention": dual_self_attention, "weighted_sum": weighted_sum,
@@ -81,17 +84,18 @@ class CrossFusion(nn.Module):
         self.sa_det = MapAttention(c_x, heads, max_tokens) if sa else None
         self.sa_ddpm = MapAttention(c_x, heads, max_tokens) if sa else None
         self.alpha = nn.Parameter(torch.zeros(len(self.branches))) if self.switches.weighted_sum else None
+        self.gate = OutputGate(c_x, gate)
 
     @classmethod
     def from_yaml(cls, ch_in: list[int], args: list, n: int, ctx: BuildContext) -> tuple[nn.Module, int]:
-        """YAML `[[x, y], 1, CrossFusion, [variant, heads, max_tokens]]`, all args optional."""
+        """YAML `[[x, y], 1, CrossFusion, [variant, heads, max_tokens, gate]]`, all args optional."""
         c_x, c_y = fusion_channels(ch_in, "CrossFusion")
         check_single_repeat(n, "CrossFusion")
-        if len(args) > 3:
-            raise ValueError(f"CrossFusion args are [variant, heads, max_tokens], got {len(args)}: {args!r}")
-        if any(not isinstance(a, int) or isinstance(a, bool) for a in args[1:]):
-            raise ValueError(f"CrossFusion heads and max_tokens must be ints, got {args[1:]!r}")
-        return cls(c_x, c_y, **dict(zip(("variant", "heads", "max_tokens"), args))), c_x
+        if len(args) > 4:
+            raise ValueError(f"CrossFusion args are [variant, heads, max_tokens, gate], got {len(args)}: {args!r}")
+        if any(not isinstance(a, int) or isinstance(a, bool) for a in args[1:3]):
+            raise ValueError(f"CrossFusion heads and max_tokens must be ints, got {args[1:3]!r}")
+        return cls(c_x, c_y, **dict(zip(("variant", "heads", "max_tokens", "gate"), args))), c_x
 
     def branch_weights(self) -> torch.Tensor:
         """softmax(α) over the branches, or ones for a plain sum; (len(branches),)."""
@@ -100,8 +104,9 @@ class CrossFusion(nn.Module):
         return self.alpha.float().softmax(0)
 
     def fusion_weights(self) -> dict[str, float]:
-        """Branch name -> weight, for the per-epoch log of Fig. 11."""
-        return {name: float(w) for name, w in zip(self.branches, self.branch_weights().detach().cpu())}
+        """Branch name -> weight (and the gate's mean |γ|), for the per-epoch log of Fig. 11."""
+        weights = {name: float(w) for name, w in zip(self.branches, self.branch_weights().detach().cpu())}
+        return {**weights, **self.gate.log()}
 
     def kv_grids(self, x_hw: tuple[int, int], y_hw: tuple[int, int]) -> dict[str, tuple[int, int]]:
         """Branch name -> the grid its attention's keys/values live on, for X of x_hw and Y of y_hw."""
@@ -127,4 +132,4 @@ class CrossFusion(nn.Module):
             fused = sum(branches[1:], branches[0])
         else:
             fused = sum(w * b for w, b in zip(self.branch_weights(), branches))
-        return x + fused if self.switches.residual else fused
+        return self.gate(x, x + fused if self.switches.residual else fused)

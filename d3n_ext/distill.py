@@ -10,6 +10,15 @@ correspond element for element. With s = sigmoid(teacher objectness logit), deta
 
 with the loss gains of the student's ComputeLoss. The temperature only matters for the `kl`
 variant (softened class distributions, times T^2); with `l2` it has no effect.
+
+`dist_feat` adds feature-level distillation: the maps the teacher's Detect reads (its fused neck
+outputs) against the student's, which have the same widths, so no adapter is needed:
+
+    D_feat = sum over levels of mean((f_s - f_t)^2) / mean(f_t^2)    (scale-free per level)
+    loss  += bs * dist_feat * D_feat
+
+A teacher without side inputs (a trained plain YOLOv5) is the self-distillation control: the same
+task, the same terms, no DDPM.
 """
 
 from __future__ import annotations
@@ -32,18 +41,21 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillOptions:
-    teacher: str  # hybrid teacher checkpoint (its EMA weights are used)
-    latents: str  # feature repository the teacher reads
+    teacher: str  # teacher checkpoint (its EMA weights are used): a hybrid, or a plain YOLOv5 (self-distillation)
+    latents: str = ""  # feature repository a hybrid teacher reads ('' for a plain teacher)
     dist_lambda: float = 1.0  # lambda of eq. 7
     dist_loss: str = "l2"  # l2 (the paper) or kl (softened class distributions)
     temperature: float = 20.0  # the paper's value; only the kl variant uses it
     obj_scaled: bool = False  # also scale the objectness term by the teacher's objectness
+    dist_feat: float = 0.0  # weight of the feature-level term on Detect's input maps (0 = outputs only)
 
     def __post_init__(self):
         if self.dist_loss not in ("l2", "kl"):
             raise ValueError(f"--dist-loss {self.dist_loss!r}: expected l2 or kl")
         if self.temperature <= 0:
             raise ValueError(f"--temperature {self.temperature}: must be positive")
+        if self.dist_feat < 0:
+            raise ValueError(f"--dist-feat {self.dist_feat}: must be >= 0")
 
 
 def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor], dist_loss: str = "l2",
@@ -70,6 +82,39 @@ def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor],
     return terms
 
 
+def feature_term(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """D_feat: per level the squared error of the student's map relative to the teacher's energy, summed."""
+    term = student[0].new_zeros((), dtype=torch.float32)
+    for fs, ft in zip(student, teacher):
+        ft = ft.detach().float()
+        term = term + ((fs.float() - ft) ** 2).mean() / ft.pow(2).mean().clamp_min(1e-6)
+    return term
+
+
+class DetectInputs:
+    """Keeps the maps a model's Detect head was last called with (its neck outputs), via a forward pre-hook."""
+
+    def __init__(self, detect: torch.nn.Module):
+        self.maps: list[torch.Tensor] = []
+        self.handle = detect.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, args: tuple) -> None:
+        self.maps = list(args[0])
+
+
+def check_same_head(student: torch.nn.Module, teacher: torch.nn.Module, source: str) -> None:
+    """Refuse a teacher whose raw maps do not correspond element for element with the student's."""
+    s, t = student.detect, teacher.detect
+    if (s.nl, s.na, s.nc) != (t.nl, t.na, t.nc) or not torch.equal(s.stride.cpu(), t.stride.cpu()):
+        raise ValueError(f"{source}: the teacher's head (levels {t.nl}, anchors {t.na}, classes {t.nc}, "
+                         f"strides {t.stride.tolist()}) differs from the student's ({s.nl}, {s.na}, {s.nc}, "
+                         f"{s.stride.tolist()}); distil into a student of the same scale and classes")
+    if not torch.allclose(s.anchors.cpu(), t.anchors.cpu()):
+        px = lambda m: (m.anchors.cpu() * m.stride.cpu().view(-1, 1, 1)).round().int().flatten(1).tolist()  # noqa: E731
+        raise ValueError(f"{source}: the teacher's anchors {px(t)} differ from the student's {px(s)} (AutoAnchor chose "
+                         "others); train the student with the teacher's anchors (same YAML, or --noautoanchor)")
+
+
 def load_teacher(path: str | Path, device: torch.device) -> torch.nn.Module:
     """The hybrid teacher's EMA weights, frozen, in eval mode."""
     model = build_from_checkpoint(load_checkpoint(path, expect="detector"), path, use_ema=True).to(device).eval()
@@ -84,37 +129,44 @@ class DistillationTask(DetectionTask):
     loss_names = ("box_loss", "obj_loss", "cls_loss", "dist_loss")
 
     def __init__(self, options: DistillOptions):
-        from d3n_ext.latent_dataset import LatentDataset
-
         self.options = options
-        self.dataset_cls = LatentDataset
         self.teacher: torch.nn.Module | None = None
+        self.hooks: tuple[DetectInputs, DetectInputs] | None = None
+        if options.latents:
+            from d3n_ext.latent_dataset import LatentDataset
+
+            self.dataset_cls = LatentDataset
 
     def _teacher(self, device: torch.device) -> torch.nn.Module:
         if self.teacher is None:
-            from d3n_ext.binding import check_bound_to
-            from d3n_ext.repository import LatentRepository
-
             self.teacher = load_teacher(self.options.teacher, device)
-            check_bound_to(self.teacher.yaml, LatentRepository(self.options.latents), self.options.teacher)
+            if self.teacher.side_inputs and not self.options.latents:
+                raise ValueError(f"{self.options.teacher}: this teacher is a D3N hybrid that reads latents; "
+                                 "pass the feature repository it was trained with (--latents)")
+            if self.options.latents:
+                from d3n_ext.binding import check_bound_to
+                from d3n_ext.repository import LatentRepository
+
+                if not self.teacher.side_inputs:
+                    raise ValueError(f"{self.options.teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
+                check_bound_to(self.teacher.yaml, LatentRepository(self.options.latents), self.options.teacher)
         return self.teacher
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         teacher = self._teacher(next(model.parameters()).device)
+        if not self.options.latents:
+            return {}
         return {"repository": Path(self.options.latents), "side_inputs": teacher.side_inputs}
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        teacher = self._teacher(next(model.parameters()).device)
-        s, t = model.detect, teacher.detect
-        if (s.nl, s.na, s.nc) != (t.nl, t.na, t.nc) or not torch.equal(s.stride, t.stride):
-            raise ValueError(f"{self.options.teacher}: the teacher's head (levels {t.nl}, anchors {t.na}, classes {t.nc}, "
-                             f"strides {t.stride.tolist()}) differs from the student's ({s.nl}, {s.na}, {s.nc}, "
-                             f"{s.stride.tolist()}); distil into a student of the same scale and classes")
-        return model
-
     def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
+        """After AutoAnchor has run on the student: only then are its anchors final."""
         super().setup(model, hyp, imgsz, device)
         self.teacher = self._teacher(device).to(device)
+        check_same_head(model, self.teacher, self.options.teacher)
+        if self.options.dist_feat > 0 and self.hooks is None:
+            from utils.torch_utils import de_parallel
+
+            self.hooks = (DetectInputs(de_parallel(model).detect), DetectInputs(self.teacher.detect))
 
     def forward(self, model: torch.nn.Module, imgs: torch.Tensor, extras: dict[str, torch.Tensor]):
         return model(imgs)  # the student is a plain YOLOv5: it never sees the latents
@@ -122,11 +174,13 @@ class DistillationTask(DetectionTask):
     def loss(self, preds, targets, imgs, extras):
         gt_loss, gt_items = self.compute_loss(preds, targets)
         with torch.no_grad():
-            teacher_raw = self.teacher(imgs, extras)[1]
+            teacher_raw = (self.teacher(imgs, extras) if self.teacher.side_inputs else self.teacher(imgs))[1]
         o = self.options
         terms = distillation_terms(preds, teacher_raw, o.dist_loss, o.temperature, o.obj_scaled)
         g = self.compute_loss.gains
         dist = imgs.shape[0] * o.dist_lambda * (g.box * terms[0] + g.obj * terms[1] + g.cls * terms[2])
+        if self.hooks is not None:
+            dist = dist + imgs.shape[0] * o.dist_feat * feature_term(self.hooks[0].maps, self.hooks[1].maps)
         return gt_loss + dist, torch.cat((gt_items, dist.detach().view(1)))
 
     def checkpoint_extra(self) -> dict[str, Any]:

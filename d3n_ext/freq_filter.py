@@ -22,7 +22,12 @@ def _positive_ints(values: list, n: int, what: str) -> list[int]:
 
 @register_block()
 class FreqFilter(nn.Module):
-    """y -> irfft2(rfft2(y) ⊙ W), in fp32 outside autocast; W is resized for grids other than `size`."""
+    """y -> irfft2(rfft2(y) ⊙ W), in fp32 outside autocast; W is resized for grids other than `size`.
+
+    W stays out of weight decay: decay would pull the 1+0j pass-through towards 0 (silence).
+    """
+
+    no_weight_decay = ("weight",)
 
     def __init__(self, c: int, size: tuple[int, int]):
         super().__init__()

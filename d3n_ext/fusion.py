@@ -36,4 +36,4 @@ def fusion_row(fusion: str) -> tuple[str, list]:
 def collect_fusion_weights(model: nn.Module) -> dict[str, dict[str, float]]:
     """Per fusion layer (keyed by its YAML index, else its module name) the branch weights (Fig. 11)."""
     return {str(getattr(m, "i", name)): m.fusion_weights() for name, m in model.named_modules()
-            if isinstance(m, (CrossFusion, FuseWeightedSum))}
+            if isinstance(m, (CrossFusion, FuseConcat, FuseSum, FuseWeightedSum)) and m.fusion_weights()}

@@ -56,3 +56,30 @@ class DDPMProjection(nn.Module):
     def forward(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         y = self.conv(y)  # (B, C, h, w): projected before resizing (at 640 px the DDPM grid is the smaller)
         return y if size is None else resize_to(y, size)
+
+
+GATES = ("none", "zero")
+
+
+class OutputGate(nn.Module):
+    """Z = X + γ ⊙ (F − X): a fusion block's output F blended into X per channel.
+
+    `zero` starts γ at 0 (ReZero/LayerScale), so the hybrid is exactly its detector at step 0 and
+    the DDPM branch enters only as far as training pulls it in; `none` is the paper's block (Z = F).
+    γ is one value per channel, left out of weight decay by being 1-D.
+    """
+
+    def __init__(self, c: int, gate: str = "none"):
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"fusion gate {gate!r}: expected one of {GATES}")
+        self.gamma = nn.Parameter(torch.zeros(c)) if gate == "zero" else None
+
+    def forward(self, x: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        if self.gamma is None:
+            return fused
+        return x + self.gamma.view(1, -1, 1, 1).to(x.dtype) * (fused - x)
+
+    def log(self) -> dict[str, float]:
+        """{'gate': mean |γ|} for the per-epoch fusion log, empty without a gate."""
+        return {} if self.gamma is None else {"gate": float(self.gamma.detach().abs().mean())}

@@ -1,13 +1,17 @@
-"""The whole D3N pipeline in one command: baseline, stage 1, teacher, student, and their table.
+"""The whole D3N pipeline in one command: baseline, controls, stage 1, teacher, student, and their table.
 
     python -m d3n_ext.pipeline --data data/synth-defects.yaml
     python -m d3n_ext.pipeline --data data/synth-defects.yaml --out runs/pipeline --seeds 0 1 2
+    python -m d3n_ext.pipeline --summarise runs/a/seed0/table.json runs/b/seed1/table.json --out runs/all
 
-Stages write under --out (default runs/pipeline/exp): baseline/, features/, teacher/, student/,
-val/, detect/ and table.md / table.json. A stage whose finished outputs exist with the same
-settings is reused, and an interrupted training stage resumes from its last.pt, so rerunning the
-command after a crash continues where it stopped. The defaults finish in about ten minutes on
-a quiet 2-core CPU; --epochs, --imgsz, --cfg, --ddpm-cfg and --device scale it to real data.
+Stages write under --out (default runs/pipeline/exp): baseline/, self-distilled/ (the control,
+--controls), features/, teacher/, student/, val/, detect/ and table.md / table.json. The
+self-distilled student is distilled exactly like the D3N student but from the trained baseline
+itself (same scale, no DDPM), so "DDPM contribution = D3N student − self-distilled student" is
+the DDPM's share of the student's gain. Checkpoints are chosen on val; the table is on the data
+YAML's test split when it has one (else val) and says which. A stage whose finished outputs exist
+with the same settings is reused, and an interrupted training stage resumes from its last.pt, so
+rerunning the command after a crash continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import platform
+import shlex
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +47,7 @@ class PipelineOptions:
     out: str = "runs/pipeline/exp"
     cfg: str = "yolov5n.yaml"  # baseline and student
     teacher_cfg: str = "yolov5n-d3n-lite.yaml"  # same scale + fusion (lite: <= 1.5x the step on CPU)
+    controls: bool = True  # also train the self-distilled student (the no-DDPM control)
     ddpm_cfg: str = "ddpm-tiny"
     hyp: str = "data/hyps/hyp.cpu-small.yaml"
     optimizer: str = "Adam"
@@ -50,6 +58,7 @@ class PipelineOptions:
     device: str = ""
     seed: int = 0
     dist_lambda: float = 0.1  # eq. 6 weight; the paper (and train_distill.py) use 1, which hurt here (README)
+    dist_feat: float = 0.0  # weight of feature-level distillation of the neck maps (0 = outputs only)
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
 
@@ -118,25 +127,67 @@ def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
             "mAP@0.5:0.95": round(result.map, 4), "CPU ms/img": round(cpu_latency_ms(model.fuse(), imgsz), 1)}
 
 
-def format_table(rows: list[dict], imgsz: int) -> str:
+BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
+
+
+def report_split(data: str) -> str:
+    """The split tables report on: test when the data YAML has one (checkpoints were chosen on val), else val."""
+    from utils.data_config import load_data_config
+
+    return "test" if load_data_config(data, autogenerate=False).splits.get("test") else "val"
+
+
+def format_table(rows: list[dict], imgsz: int, split: str = "val") -> str:
     head = "| model | parameters | GFLOPs | mAP@0.5 | mAP@0.5:0.95 | CPU ms/img |\n|---|---:|---:|---:|---:|---:|\n"
     body = "".join(f"| {r['model']} | {r['parameters']:,} | {r['GFLOPs']:.2f} | {r['mAP@0.5']:.3f} | "
                    f"{r['mAP@0.5:0.95']:.3f} | {r['CPU ms/img']:.1f} |\n" for r in rows)
-    note = (f"\nAll at {imgsz} px (letterbox-free), same val split; GFLOPs by torch's FlopCounterMode; CPU ms: "
+    chosen = "best.pt chosen on val, figures on the test split" if split == "test" else "val split (no test split)"
+    note = (f"\nAll at {imgsz} px (letterbox-free); {chosen}; GFLOPs by torch's FlopCounterMode; CPU ms: "
             f"median forward of batch 1, fused, {torch.get_num_threads()} threads. The teacher's figures exclude "
             "computing its latents (DDPM + VAE encoder), which unseen images need.\n")
-    return head + body + note
+    return head + body + note + "".join(f"\n{line}" for line in contribution_lines(rows))
 
 
-def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, latents: Path | None) -> dict:
-    """val.py on the run's best.pt (the hybrid reads `latents`), then its table row."""
+def contribution_lines(rows: list[dict]) -> list[str]:
+    """'D3N student − baseline' and, with the control, 'DDPM contribution = D3N student − self-distilled student'."""
+    m = {r["model"]: r for r in rows}
+    lines = []
+    for label, a, b in (("D3N student − baseline", STUDENT, BASELINE),
+                        ("DDPM contribution = D3N student − self-distilled student", STUDENT, SELF_DISTILLED),
+                        ("teacher − baseline", TEACHER, BASELINE)):
+        if a in m and b in m:
+            lines.append(f"{label}: {m[a]['mAP@0.5'] - m[b]['mAP@0.5']:+.3f} mAP@0.5, "
+                         f"{m[a]['mAP@0.5:0.95'] - m[b]['mAP@0.5:0.95']:+.3f} mAP@0.5:0.95")
+    return lines
+
+
+def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, latents: Path | None, split: str = "val") -> dict:
+    """val.py on the run's best.pt over `split` (the hybrid reads `latents`), then its table row."""
     import val
 
     weights = run_dir / "weights" / "best.pt"
     argv = ["--data", p.data, "--weights", str(weights), "--imgsz", str(p.imgsz), "--scale", "--quiet",
-            "--project", str(Path(p.out) / "val"), "--name", run_dir.name, "--exist-ok", "--workers", str(p.workers)]
+            "--task", split, "--project", str(Path(p.out) / "val"), "--name", f"{run_dir.name}-{split}",
+            "--exist-ok", "--workers", str(p.workers)]
     result = val.main(argv + (["--latents", str(latents)] if latents else []))
-    return table_row(name, weights, result, p.imgsz)
+    return {**table_row(name, weights, result, p.imgsz), "split": split}
+
+
+def provenance(p: PipelineOptions, seconds: float) -> dict:
+    """How a table was made: the command, the options, the machine and the wall time."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and p.device != "cpu" else "cpu"
+    return {"command": "python -m d3n_ext.pipeline " + shlex.join(sys.argv[1:]), "options": asdict(p),
+            "machine": f"{cpu}, {torch.get_num_threads()} threads, {device}", "minutes": round(seconds / 60, 1),
+            "torch": torch.__version__}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
@@ -151,23 +202,33 @@ def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
 
 
 def run(p: PipelineOptions) -> list[dict]:
+    """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student."""
     from d3n_ext.distill import DistillationTask, DistillOptions
     from d3n_ext.task import D3NTask
     from utils.data_config import load_data_config
 
-    out = Path(p.out)
+    start, out = time.time(), Path(p.out)
     load_data_config(p.data)  # builds the synthetic data on first use
     baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
+    runs = [(BASELINE, baseline, None)]
+    if p.controls:  # needs no DDPM: trained before stage 1
+        control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
+                                 dist_feat=p.dist_feat)
+        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, asdict(control)),
+                                                 DistillationTask(control), "self-distilled student"), None))
     features = stage1(p)
     teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)}),
                           D3NTask(features), "teacher")
-    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features), dist_lambda=p.dist_lambda)
+    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features),
+                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
     student = train_stage(train_options(p, "student", p.cfg, asdict(distill)), DistillationTask(distill), "student")
-    rows = [evaluate_run(p, name, run_dir, latents) for name, run_dir, latents in
-            (("baseline", baseline, None), ("teacher (hybrid)", teacher, features), ("student (distilled)", student, None))]
-    text = format_table(rows, p.imgsz)
+    runs[1:1] = [(TEACHER, teacher, features)]
+    runs.append((STUDENT, student, None))
+    split = report_split(p.data)
+    rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
+    text = format_table(rows, p.imgsz, split)
     atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
+    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **provenance(p, time.time() - start)}, indent=2))
     import detect
 
     detect.main(["--weights", str(student / "weights" / "best.pt"), "--source", p.detect_source, "--imgsz",
@@ -182,6 +243,9 @@ def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -
         if key == "stage1_overrides":
             ap.add_argument("--stage1", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                             help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200")
+            continue
+        if isinstance(value, bool):
+            ap.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
             continue
         ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     ap.add_argument("--quiet", action="store_true")
@@ -198,18 +262,28 @@ def options_from_flags(args: dict) -> PipelineOptions:
     return PipelineOptions(**args, stage1_overrides=overrides)
 
 
-def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
-    """Mean and spread of each model's mAP over seeds, and the student's margin over the baseline per seed."""
-    def stats(values: list[float]) -> dict:
-        return {"mean": round(statistics.mean(values), 4),
-                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
+def _stats(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
 
+
+MARGINS = (("D3N student − baseline", STUDENT, BASELINE),
+           ("DDPM contribution (D3N − self-distilled student)", STUDENT, SELF_DISTILLED),
+           ("teacher − baseline", TEACHER, BASELINE))
+
+
+def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
+    """Mean ± sd of each model's mAP over seeds, and per seed the margins that carry the claim (mAP@0.5)."""
     models = [r["model"] for r in next(iter(per_seed.values()))]
-    summary = {m: {k: stats([next(r[k] for r in rows if r["model"] == m) for rows in per_seed.values()])
-                   for k in ("mAP@0.5", "mAP@0.5:0.95")} for m in models}
-    margin = [round(rows[-1]["mAP@0.5"] - rows[0]["mAP@0.5"], 4) for rows in per_seed.values()]
-    return {"seeds": list(per_seed), "models": summary, "student minus baseline mAP@0.5": stats(margin),
-            "student beats baseline": f"{sum(m > 0 for m in margin)}/{len(margin)} seeds"}
+    value = lambda rows, m, k: next(r[k] for r in rows if r["model"] == m)  # noqa: E731
+    summary = {"seeds": list(per_seed), "models": {m: {k: _stats([value(rows, m, k) for rows in per_seed.values()])
+                                                       for k in ("mAP@0.5", "mAP@0.5:0.95")} for m in models},
+               "margins": {}}
+    for label, a, b in MARGINS:
+        if a in models and b in models:
+            diffs = [round(value(rows, a, "mAP@0.5") - value(rows, b, "mAP@0.5"), 4) for rows in per_seed.values()]
+            summary["margins"][label] = {**_stats(diffs), "ahead": f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds"}
+    return summary
 
 
 def format_seed_summary(summary: dict) -> str:
@@ -218,21 +292,40 @@ def format_seed_summary(summary: dict) -> str:
     body = "".join(f"| {m} | {v['mAP@0.5']['mean']:.3f} ± {v['mAP@0.5']['sd']:.3f} | {v['mAP@0.5:0.95']['mean']:.3f} ± "
                    f"{v['mAP@0.5:0.95']['sd']:.3f} | {', '.join(f'{x:.3f}' for x in v['mAP@0.5']['values'])} |\n"
                    for m, v in summary["models"].items())
-    margin = summary["student minus baseline mAP@0.5"]
-    return (head + body + f"\nStudent minus baseline, mAP@0.5: {margin['mean']:+.3f} ± {margin['sd']:.3f} "
-            f"(per seed {', '.join(f'{x:+.3f}' for x in margin['values'])}); the student beats the baseline on "
-            f"{summary['student beats baseline']}.\n")
+    margins = "".join(f"\n{label}, mAP@0.5: {d['mean']:+.3f} ± {d['sd']:.3f} (per seed "
+                      f"{', '.join(f'{x:+.3f}' for x in d['values'])}; ahead on {d['ahead']})"
+                      for label, d in summary["margins"].items())
+    return head + body + margins + "\n"
+
+
+def write_seed_summary(per_seed: dict[int, list[dict]], out: Path) -> dict:
+    summary = seed_summary(per_seed)
+    text = format_seed_summary(summary)
+    atomic_write_text(out / "seeds.md", text)
+    atomic_write_text(out / "seeds.json", json.dumps(summary, indent=2))
+    print(text)
+    return summary
 
 
 def run_seeds(p: PipelineOptions, seeds: list[int]) -> dict:
     """The pipeline once per seed under <out>/seed<N>, then seeds.md / seeds.json beside them."""
     per_seed = {s: run(replace(p, seed=s, out=str(Path(p.out) / f"seed{s}"))) for s in seeds}
-    summary = seed_summary(per_seed)
-    text = format_seed_summary(summary)
-    atomic_write_text(Path(p.out) / "seeds.md", text)
-    atomic_write_text(Path(p.out) / "seeds.json", json.dumps(summary, indent=2))
-    print(text)
-    return summary
+    return write_seed_summary(per_seed, Path(p.out))
+
+
+def summarise_tables(paths: list[str], out: Path) -> dict:
+    """seeds.md / seeds.json from table.json files of earlier runs (one per seed, possibly from other sessions)."""
+    per_seed = {}
+    for path in paths:
+        try:
+            table = json.loads(Path(path).read_text())
+            seed = table["options"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a pipeline table.json ({e})") from None
+        if seed in per_seed:
+            raise ValueError(f"{path}: seed {seed} is given twice; pass one table per seed")
+        per_seed[seed] = table["rows"]
+    return write_seed_summary(dict(sorted(per_seed.items())), out)
 
 
 def main(argv: list[str] | None = None) -> list[dict] | dict:
@@ -240,9 +333,13 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     add_pipeline_flags(ap, PipelineOptions())
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="run once per seed into <out>/seed<N> and summarise (seeds.md); overrides --seed")
+    ap.add_argument("--summarise", nargs="+", default=None, metavar="TABLE_JSON",
+                    help="only write seeds.md/json into --out from earlier runs' table.json files (one per seed)")
     args = vars(ap.parse_args(argv))
-    seeds = args.pop("seeds")
+    seeds, tables = args.pop("seeds"), args.pop("summarise")
     p = options_from_flags(args)
+    if tables:
+        return exit_on_user_error(lambda: summarise_tables(tables, Path(p.out)))
     return exit_on_user_error(lambda: run_seeds(p, seeds) if seeds else run(p), extra=(StopTraining,))
 
 

@@ -10,16 +10,20 @@ import torch.nn as nn
 
 def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
                     decay: float = 5e-4) -> torch.optim.Optimizer:
-    """Three groups: normalisation weights (no decay), other weights (decay), biases (no decay)."""
+    """Three groups: normalisation weights (no decay), other weights (decay), biases (no decay).
+
+    A block keeps a weight out of decay by naming it in a `no_weight_decay` class attribute.
+    """
     norm_types = tuple(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type))
     no_decay, decay_w, biases = [], [], []
     for module in model.modules():
+        exempt = getattr(module, "no_weight_decay", ())
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             if pname == "bias":
                 biases.append(p)
-            elif isinstance(module, norm_types) or p.ndim <= 1:
+            elif isinstance(module, norm_types) or p.ndim <= 1 or pname in exempt:
                 no_decay.append(p)
             else:
                 decay_w.append(p)

@@ -126,7 +126,8 @@ def test_runs_under_bf16_autocast():
 
 @pytest.mark.parametrize("ch_in,args,match", [
     ([C_X], ["dcf", 4], "takes two inputs"),
-    ([C_X, C_Y], ["dcf", 4, 4096, 1], "args are \\[variant, heads, max_tokens\\]"),
+    ([C_X, C_Y], ["dcf", 4, 4096, "zero", 1], "args are \\[variant, heads, max_tokens, gate\\]"),
+    ([C_X, C_Y], ["dcf", 4, 4096, 1], "fusion gate 1"),
     ([C_X, C_Y], ["dcf", True], "must be ints"),
     ([C_X, C_Y], ["fancy", 4], "unknown part"),
     ([18, C_Y], ["dcf", 4], "18 channels cannot split into 4 heads"),

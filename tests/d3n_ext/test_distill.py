@@ -74,3 +74,34 @@ def test_options_are_checked():
         DistillOptions("t.pt", "repo", dist_loss="l1")
     with pytest.raises(ValueError, match="--temperature"):
         DistillOptions("t.pt", "repo", temperature=0)
+
+
+def test_feature_term_is_zero_for_equal_maps_and_scale_free():
+    from d3n_ext.distill import feature_term
+
+    maps = _maps(0)
+    assert feature_term(maps, maps).item() == 0.0
+    shifted = [m + 1 for m in maps]
+    scaled = feature_term([10 * m for m in shifted], [10 * m for m in maps])
+    torch.testing.assert_close(scaled, feature_term(shifted, maps))  # relative to the teacher's energy
+
+
+def test_feature_hook_sees_what_detect_reads(tiny_cfg):
+    from d3n_ext.distill import DetectInputs
+
+    model = Model(tiny_cfg).train()
+    hook = DetectInputs(model.detect)
+    raw = model(torch.rand(1, 3, 64, 64))
+    assert [m.shape[-2:] for m in hook.maps] == [r.shape[2:4] for r in raw]
+    assert [m.shape[1] for m in hook.maps] == [conv.in_channels for conv in model.detect.m]
+
+
+def test_a_teacher_with_other_anchors_is_refused(tiny_cfg):
+    from d3n_ext.distill import check_same_head
+
+    student = Model(tiny_cfg)
+    teacher = copy.deepcopy(student)
+    check_same_head(student, teacher, "t.pt")
+    teacher.detect.anchors.mul_(1.5)
+    with pytest.raises(ValueError, match=r"t.pt: the teacher's anchors .* differ from the student's"):
+        check_same_head(student, teacher, "t.pt")

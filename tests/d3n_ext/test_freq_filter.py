@@ -83,3 +83,13 @@ def test_bad_rows_are_explained(ch_in, args, n, match):
 def test_channel_mismatch_at_run_time_is_explained():
     with pytest.raises(ValueError, match="input has 4 channels, the block was built for 3"):
         FreqFilter(3, (4, 4))(torch.zeros(1, 4, 4, 4))
+
+
+def test_filter_weights_stay_out_of_weight_decay():
+    """Decay would pull the pass-through W = 1+0j towards silence; the optimizer leaves it out."""
+    from utils.optim import build_optimizer
+
+    model = torch.nn.Sequential(FreqFilter(4, (8, 8)), torch.nn.Conv2d(4, 4, 1))
+    opt = build_optimizer(model, "Adam", decay=0.1)
+    decayed = {id(p) for g in opt.param_groups if g.get("weight_decay", 0) > 0 for p in g["params"]}
+    assert id(model[0].weight) not in decayed and id(model[1].weight) in decayed

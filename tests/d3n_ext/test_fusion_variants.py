@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import d3n_ext.cross_fusion  # noqa: F401  (registers CrossFusion)
 from d3n_ext.fusion_inputs import resize_to
 from d3n_ext.fusion_variants import FuseConcat, FuseSum, FuseWeightedSum
 from models.registry import BuildContext, lookup_block
@@ -60,9 +61,28 @@ def test_concat_sees_both_maps():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_rows_are_explained(name):
-    with pytest.raises(ValueError, match="takes no args"):
-        build(name, [8, 20], [4])
+    with pytest.raises(ValueError, match=r"takes at most one arg \[gate\]"):
+        build(name, [8, 20], ["zero", 4])
     with pytest.raises(ValueError, match="takes two inputs"):
         build(name, [8], [])
     with pytest.raises(ValueError, match="built for 8 and 16"):
         build(name, [8, 16], [])[0](pair())
+
+
+@pytest.mark.parametrize("name, args", [("FuseConcat", ["zero"]), ("FuseSum", ["zero"]), ("FuseWeightedSum", ["zero"]),
+                                        ("CrossFusion", ["dcf", 4, 64, "zero"])])
+def test_zero_gate_starts_as_the_detector_map_then_learns(name, args):
+    """With `zero` the block returns X exactly at init, and the gate still receives a gradient."""
+    torch.manual_seed(0)
+    module, _ = build(name, [8, 20], args)
+    x, y = pair()
+    z = module([x, y])
+    assert torch.equal(z, x)
+    (z * torch.randn_like(z)).sum().backward()
+    assert module.gate.gamma.grad.abs().sum() > 0
+    assert module.fusion_weights()["gate"] == 0.0
+
+
+def test_unknown_gate_lists_the_choices():
+    with pytest.raises(ValueError, match=r"fusion gate 'half'.*\('none', 'zero'\)"):
+        build("FuseSum", [8, 20], ["half"])
