@@ -26,6 +26,14 @@ def test_tiny_preset_taps_match_a_256px_detector_grid():
     assert [256 // s for s in (8, 16, 32)] == [t.shape[-1] for t in taps]  # P3/P4/P5 grids of 256 px
 
 
+def test_cpu_preset_taps_are_twice_a_160px_detector_grid():
+    """ddpm-cpu's taps are 2x P3/P4/P5 of 160 px, so the warp to the detector grid averages 2x2 blocks."""
+    cfg = load_stage1_config("ddpm-cpu").unet
+    taps = UNet(cfg)(torch.zeros(1, 3, 40, 40), torch.tensor([100]), taps_only=True)
+    assert [tuple(t.shape[1:]) for t in taps] == cfg.tap_shapes() == [(64, 40, 40), (96, 20, 20), (128, 10, 10)]
+    assert [2 * 160 // s for s in (8, 16, 32)] == [t.shape[-1] for t in taps]
+
+
 def test_taps_are_the_outputs_of_the_decoder_upsamples():
     torch.manual_seed(0)
     net = UNet(UNetConfig(**SMALL)).eval()
