@@ -226,9 +226,11 @@ def run(p: PipelineOptions) -> list[dict]:
     runs.append((STUDENT, student, None))
     split = report_split(p.data)
     rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
-    text = format_table(rows, p.imgsz, split)
+    made = provenance(p, time.time() - start)
+    text = format_table(rows, p.imgsz, split) + (f"\nCommand: `{made['command']}` (seed {p.seed}); machine: "
+                                                 f"{made['machine']}; {made['minutes']} minutes.\n")
     atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **provenance(p, time.time() - start)}, indent=2))
+    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
     import detect
 
     detect.main(["--weights", str(student / "weights" / "best.pt"), "--source", p.detect_source, "--imgsz",
