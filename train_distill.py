@@ -2,6 +2,9 @@
 
     python train_distill.py --teacher runs/train/teacher/weights/best.pt --latents runs/features/exp \
         --cfg yolov5n.yaml --data data/synth-defects.yaml --imgsz 256 --scale --epochs 30
+    python train_distill.py --teacher runs/train/exp/weights/best.pt --cfg yolov5n.yaml ...   # self-distillation
+
+A plain YOLOv5 teacher (no latents) is the self-distillation control: the same terms, no DDPM.
 
 The student trains on ground truth plus the frozen teacher's predictions on the same augmented
 batch (the teacher reads that batch's latents); it is saved as an ordinary YOLOv5 checkpoint that
@@ -24,22 +27,28 @@ LOGGER = logging.getLogger("train_distill")
 
 
 def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--teacher", default="", help="hybrid teacher checkpoint (train.py --latents ...)")
+    p.add_argument("--teacher", default="", help="teacher checkpoint: a hybrid (train.py --latents ...) or a plain YOLOv5")
     p.add_argument("--latents", default="", help="feature repository the teacher reads (default: the teacher's own)")
     p.add_argument("--dist-lambda", type=float, default=1.0, help="weight lambda of the distillation terms (eq. 7)")
     p.add_argument("--dist-loss", choices=["l2", "kl"], default="l2", help="distance: l2 (paper) or kl on classes")
     p.add_argument("--temperature", type=float, default=20.0, help="softening temperature; used by --dist-loss kl only")
     p.add_argument("--obj-scaled", action="store_true", help="also scale the objectness term by the teacher's objectness")
+    p.add_argument("--dist-feat", type=float, default=0.0,
+                   help="weight of feature-level distillation of the maps Detect reads (0 = outputs only)")
     return p
 
 
 def teacher_repository(teacher: str) -> str:
-    """The repository a teacher was trained with, as recorded in its checkpoint."""
+    """The repository a hybrid teacher was trained with, as recorded in its checkpoint; '' for a plain YOLOv5."""
     try:
-        task = load_checkpoint(teacher, expect="detector").get("task") or {}
+        ckpt = load_checkpoint(teacher, expect="detector")
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-    repo = task.get("repository") or ""
+    model_yaml = ckpt.get("model_yaml") or {}
+    rows = [r for section in ("backbone", "head") for r in model_yaml.get(section) or []]
+    if not any(isinstance(r, list) and len(r) == 4 and r[2] == "SideInput" for r in rows):
+        return ""  # a plain teacher: self-distillation, no latents
+    repo = (ckpt.get("task") or {}).get("repository") or ""
     if not repo:
         raise SystemExit(f"error: {teacher}: records no feature repository; pass --latents")
     return str(repo)
@@ -50,7 +59,8 @@ def distill_extra(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --teacher is required (a hybrid D3N checkpoint)")
     latents = args.latents or teacher_repository(args.teacher)
     return {"teacher": args.teacher, "latents": latents, "dist_lambda": args.dist_lambda,
-            "dist_loss": args.dist_loss, "temperature": args.temperature, "obj_scaled": args.obj_scaled}
+            "dist_loss": args.dist_loss, "temperature": args.temperature, "obj_scaled": args.obj_scaled,
+            "dist_feat": args.dist_feat}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> Path:
     set_logging(not args.quiet)
     if not args.resume:
         args.extra = distill_extra(args)
-        if not args.scale:
+        if args.extra["latents"] and not args.scale:
             LOGGER.warning("WARNING: the teacher reads latents of the stretched image: turning on --scale")
             args.scale = True
     opt = options_from_args(args)
