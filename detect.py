@@ -132,7 +132,7 @@ def run(weights: Path, source: str, predict: PredictOptions, out: OutputOptions,
         LOGGER.warning("WARNING: skipped %d unreadable file(s): %s", len(skipped), ", ".join(map(str, skipped)))
     pre, inf, nms = predictor.timings.per_image_ms()
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at %s", pre, inf, nms,
-                f"{predict.imgsz}" + (" (stretched)" if predict.scale else " (letterbox)"))
+                f"{predictor.imgsz}" + (" (stretched)" if predict.scale else " (letterbox)"))
     LOGGER.info("Results saved to %s", out.save_dir)
     return out.save_dir
 

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from utils.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import atomic_write_bytes
+from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from utils.torch_utils import select_device
@@ -73,10 +73,7 @@ def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
     if len(imgsz) not in (1, 2) or min(imgsz) < 1:
         raise ValueError(f"--imgsz {' '.join(map(str, imgsz))}: expected one or two positive sizes")
     h, w = (imgsz * 2)[:2]
-    hw = tuple(int(math.ceil(v / stride) * stride) for v in (h, w))
-    if hw != (h, w):
-        LOGGER.warning("WARNING: --imgsz %s is not a multiple of stride %d; using %s", imgsz, stride, list(hw))
-    return hw
+    return check_img_size(h, stride), check_img_size(w, stride)
 
 
 def export_torchscript(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path) -> Path:
