@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from models.loading import load_model
-from models.yolo import Model
+from models.yolo import Model, reads_side_inputs
 from utils.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
+from utils.checkpoints import load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import atomic_write_bytes
@@ -60,10 +61,10 @@ def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
     """Load, refuse D3N teachers, fuse, and make Detect return the decoded tensor only."""
     if weights.suffix.lower() in (".onnx", ".torchscript"):
         raise ValueError(f"{weights}: already an export; pass the .pt checkpoint")
+    if reads_side_inputs(load_checkpoint(weights, expect="detector").get("model_yaml") or {}):
+        # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
+        raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
     model = load_model(weights, device, fuse=True)
-    if model.side_inputs:
-        raise ValueError(f"{weights}: a D3N teacher needs latent side inputs {sorted(model.side_inputs)}; "
-                         "export the distilled student instead")
     model.detect.export = True
     return model.half() if half else model
 
