@@ -159,9 +159,10 @@ class Trainer:
         state = ckpt.get("ema") or ckpt.get("state_dict") or {}
         fit, total, mismatch = transfer_weights(model, state)
         if fit < TRANSFER_WARN_SHARE * total:
-            LOGGER.warning("WARNING: transferred only %d/%d tensors from %s: its model (%s) is not the one built from "
-                           "--cfg %s (first mismatch: %s); drop --cfg to fine-tune the checkpoint's own model",
-                           fit, total, path, ckpt["model_yaml"].get("yaml_file", "?"), self.opt.cfg, mismatch)
+            built = f"--cfg {self.opt.cfg}; drop --cfg to fine-tune the checkpoint's own model" if self.opt.cfg else \
+                "the model this run builds from it"
+            LOGGER.warning("WARNING: transferred only %d/%d tensors from %s (first mismatch: %s): its model (%s) is "
+                           "not %s", fit, total, path, mismatch, ckpt["model_yaml"].get("yaml_file", "?"), built)
         else:
             LOGGER.info("Transferred %d/%d items from %s", fit, total, path)
         return model
