@@ -70,7 +70,7 @@ def save_crops(frame: Frame, det: torch.Tensor, names: list[str], save_dir: Path
         x1, y1, x2, y2 = (int(max(0, min(v, lim))) for v, lim in zip(xyxy, (w, h, w, h)))
         if x2 > x1 and y2 > y1:
             ok, buf = cv2.imencode(".jpg", frame.image[y1:y2, x1:x2])
-            name = f"{frame.path.stem}" + (f"_{frame.frame}" if frame.is_video else "") + f"_{k}.jpg"
+            name = frame.stem.with_name(f"{frame.stem.name}_{k}.jpg")  # keeps the input's sub-folder
             atomic_write_bytes(save_dir / "crops" / safe_name(names[int(cls)]) / name, buf.tobytes())
 
 
@@ -89,6 +89,7 @@ class VideoWriters:
 
     def write(self, out_path: Path, frame: Frame, image: np.ndarray) -> None:
         if out_path not in self.writers:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
             h, w = image.shape[:2]
             self.writers[out_path] = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps or 30, (w, h))
         self.writers[out_path].write(image)
@@ -130,15 +131,18 @@ def run(weights: Path, source: str, predict: PredictOptions, out: OutputOptions,
         videos.close()
     if skipped:
         LOGGER.warning("WARNING: skipped %d unreadable file(s): %s", len(skipped), ", ".join(map(str, skipped)))
+    if not seen:
+        raise ValueError(f"{source}: none of its {len(files)} input(s) could be read; nothing was detected")
     pre, inf, nms = predictor.timings.per_image_ms()
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at %s", pre, inf, nms,
-                f"{predict.imgsz}" + (" (stretched)" if predict.scale else " (letterbox)"))
+                f"{predictor.imgsz}" + (" (stretched)" if predict.scale else " (letterbox)"))
     LOGGER.info("Results saved to %s", out.save_dir)
     return out.save_dir
 
 
 def _save_frame(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions, videos: VideoWriters) -> None:
-    stem = frame.path.stem + (f"_{frame.frame}" if frame.is_video else "")
+    """Outputs under the frame's relative name (frame.stem), so inputs in sub-folders keep them apart."""
+    stem = frame.stem
     if out.save_txt:
         write_labels(out.save_dir / "labels" / f"{stem}.txt", det, frame.image.shape[:2], out.save_conf)
     if out.save_crop:
@@ -146,10 +150,12 @@ def _save_frame(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOp
     if out.save_img:
         image = annotate(frame, det, names, out)
         if frame.is_video:
-            videos.write(out.save_dir / f"{frame.path.stem}.mp4", frame, image)
+            videos.write(out.save_dir / f"{frame.out_stem or frame.path.stem}.mp4", frame, image)
         else:
-            ok, buf = cv2.imencode(frame.path.suffix if frame.path.suffix.lower() in (".jpg", ".png", ".bmp") else ".jpg", image)
-            atomic_write_bytes(out.save_dir / (frame.path.name if ok else f"{stem}.jpg"), buf.tobytes())
+            suffix = frame.path.suffix if frame.path.suffix.lower() in (".jpg", ".png", ".bmp") else ".jpg"
+            ok, buf = cv2.imencode(suffix, image)
+            if ok:
+                atomic_write_bytes(out.save_dir / f"{stem}{suffix}", buf.tobytes())
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -28,11 +27,13 @@ import torch
 import torch.nn as nn
 
 from models.loading import load_model
-from models.yolo import Model
+from models.yolo import Model, reads_side_inputs
 from utils.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
+from utils.checkpoints import load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import atomic_write_bytes
+from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from utils.torch_utils import select_device
@@ -60,10 +61,10 @@ def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
     """Load, refuse D3N teachers, fuse, and make Detect return the decoded tensor only."""
     if weights.suffix.lower() in (".onnx", ".torchscript"):
         raise ValueError(f"{weights}: already an export; pass the .pt checkpoint")
+    if reads_side_inputs(load_checkpoint(weights, expect="detector").get("model_yaml") or {}):
+        # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
+        raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
     model = load_model(weights, device, fuse=True)
-    if model.side_inputs:
-        raise ValueError(f"{weights}: a D3N teacher needs latent side inputs {sorted(model.side_inputs)}; "
-                         "export the distilled student instead")
     model.detect.export = True
     return model.half() if half else model
 
@@ -73,10 +74,7 @@ def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
     if len(imgsz) not in (1, 2) or min(imgsz) < 1:
         raise ValueError(f"--imgsz {' '.join(map(str, imgsz))}: expected one or two positive sizes")
     h, w = (imgsz * 2)[:2]
-    hw = tuple(int(math.ceil(v / stride) * stride) for v in (h, w))
-    if hw != (h, w):
-        LOGGER.warning("WARNING: --imgsz %s is not a multiple of stride %d; using %s", imgsz, stride, list(hw))
-    return hw
+    return check_img_size(h, stride), check_img_size(w, stride)
 
 
 def export_torchscript(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path) -> Path:

@@ -14,11 +14,13 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
-from utils.checkpoints import load_checkpoint
+from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 from utils.trainer import StopTraining, Trainer, TrainOptions
-from models.yolo import ModelConfigError, load_model_yaml
+from models.yolo import ModelConfigError, load_model_yaml, reads_side_inputs
+
+DEFAULT_CFG = "yolov5s.yaml"  # the model trained when neither --cfg nor --weights names one
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")
@@ -27,7 +29,8 @@ LOGGER = logging.getLogger("train")
 def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The YOLOv5 training flags (shared with train_distill.py)."""
     p.add_argument("--weights", default="", help="initial weights (detector checkpoint); '' = from scratch")
-    p.add_argument("--cfg", default="yolov5s.yaml", help="model YAML (path or name in models/)")
+    p.add_argument("--cfg", default="", help="model YAML (path or name in models/); default: the --weights "
+                   "checkpoint's own model, else yolov5s.yaml")
     p.add_argument("--data", default=str(ROOT / "data" / "synth-defects.yaml"), help="data YAML")
     p.add_argument("--hyp", default="", help="hyper-parameter YAML (default data/hyps/hyp.scratch-low.yaml)")
     p.add_argument("--epochs", type=int, default=100, help="total training epochs")
@@ -76,6 +79,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         raise SystemExit("error: --evolve (hyper-parameter evolution) is not supported; tune the hyp YAML instead")
     resume = resolve_resume(args.resume, args.project)
     values = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
+    if not values.get("cfg") and not values.get("weights"):
+        values["cfg"] = DEFAULT_CFG
     if resume:
         saved = load_checkpoint(resume, expect="detector").get("train_opts") or {}
         if not saved:
@@ -90,14 +95,16 @@ def run_training(opt: TrainOptions, task=None) -> Path:
     return exit_on_user_error(lambda: Trainer(opt, task).train(), extra=(StopTraining,))
 
 
-def reads_side_inputs(cfg: str) -> bool:
-    """Whether a model YAML has SideInput rows (a D3N teacher); unreadable YAMLs are left for the trainer to report."""
+def model_reads_side_inputs(opt: TrainOptions) -> bool:
+    """Whether the model to train (--cfg, else the --weights checkpoint's) has SideInput rows (a D3N teacher).
+
+    Unreadable YAMLs and checkpoints are left for the trainer to report.
+    """
     try:
-        d, _ = load_model_yaml(cfg)
-    except ModelConfigError:
+        d = load_model_yaml(opt.cfg)[0] if opt.cfg else load_checkpoint(opt.weights, expect="detector")["model_yaml"]
+        return reads_side_inputs(d)
+    except (ModelConfigError, CheckpointError, KeyError, AttributeError):
         return False
-    rows = (d.get("backbone") or []) + (d.get("head") or [])
-    return any(isinstance(r, list) and len(r) == 4 and r[2] == "SideInput" for r in rows)
 
 
 def teacher_task(opt: TrainOptions):
@@ -106,8 +113,8 @@ def teacher_task(opt: TrainOptions):
         raise SystemExit(f"error: {opt.resume or 'this run'}: a distillation run; resume it with train_distill.py")
     latents = opt.extra.get("latents")
     if not latents:
-        if not opt.resume and reads_side_inputs(opt.cfg):
-            raise SystemExit(f"error: {opt.cfg}: this model reads side inputs (a D3N teacher): "
+        if not opt.resume and model_reads_side_inputs(opt):
+            raise SystemExit(f"error: {opt.cfg or opt.weights}: this model reads side inputs (a D3N teacher): "
                              "pass --latents <repository>")
         return None
     from d3n_ext.task import D3NTask
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> Path:
         if not args.scale:
             LOGGER.warning("WARNING: the latents describe the whole stretched image: turning on --scale")
             args.scale = True
-    opt = options_from_args(args)
+    opt = exit_on_user_error(lambda: options_from_args(args))
     if args.latents and opt.resume:
         opt.extra = {**opt.extra, "latents": args.latents}  # the repository may have moved since
     return run_training(opt, teacher_task(opt))

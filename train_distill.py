@@ -20,6 +20,7 @@ from pathlib import Path
 
 from train import add_train_flags, options_from_args, run_training
 from utils.checkpoints import CheckpointError, load_checkpoint
+from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 
 ROOT = Path(__file__).resolve().parent
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.extra["latents"] and not args.scale:
             LOGGER.warning("WARNING: the teacher reads latents of the stretched image: turning on --scale")
             args.scale = True
-    opt = options_from_args(args)
+    opt = exit_on_user_error(lambda: options_from_args(args))
     from d3n_ext.distill import DistillationTask, DistillOptions  # the plug-in joins here, not in the core
 
     try:

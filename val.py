@@ -20,6 +20,7 @@ from utils.cli import exit_on_user_error
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.files import increment_path
+from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.torch_utils import select_device
 from utils.validator import ValOptions, ValResult, run_validation
@@ -105,6 +106,7 @@ def run(opt: argparse.Namespace) -> ValResult:
     """Check the cheap inputs first, load the checkpoint and the split, evaluate; outputs in project/name<N>."""
     if opt.augment:
         raise SystemExit("error: --augment (test-time augmentation) is not supported")
+    check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
     data = load_data_config(opt.data)
     if opt.latents is not None:
         import d3n_ext  # noqa: F401  (registers the teacher's blocks before its checkpoint is rebuilt)
@@ -123,8 +125,9 @@ def run(opt: argparse.Namespace) -> ValResult:
         raise ValueError(f"{opt.weights}: model has {len(model.names)} classes but {opt.data} has {data.nc}")
     names = ["item"] if opt.single_cls else data.names
     plugin = make_dataset_hook(opt.latents, model, opt.weights) if opt.latents is not None else None
-    loader = build_loader(opt, data, max(int(model.stride.max()), 32), plugin,
-                          rect=getattr(model, "fixed_hw", None) is None)
+    stride = max(int(model.stride.max()), 32)
+    opt.imgsz = check_img_size(opt.imgsz, stride)
+    loader = build_loader(opt, data, stride, plugin, rect=getattr(model, "fixed_hw", None) is None)
     save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     result = run_validation(model, loader, names, save_dir, val_options(opt), device=device)
     LOGGER.info("Results saved to %s", save_dir)

@@ -25,15 +25,16 @@ from d3n_ext.repository import LatentRepository
 from d3n_ext.stage1_checkpoints import Compressor, load_compressors, load_ddpm
 from d3n_ext.stage1_config import FeatureConfig
 from d3n_ext.unet import UNet
+from utils.images import decode_image
 
 LOGGER = logging.getLogger(__name__)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR uint8 (H, W, 3) as cv2 reads it; grey files come back with the channel replicated."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """BGR uint8 (H, W, 3) by the core's reading rule (utils.images); grey files come with the channel replicated."""
+    img, problem = decode_image(path)
     if img is None:
-        raise ValueError(f"{path}: not a readable image")
+        raise ValueError(f"{path}: not a readable image ({problem})")
     return img
 
 

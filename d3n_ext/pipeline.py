@@ -254,13 +254,35 @@ def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -
 
 
 def options_from_flags(args: dict) -> PipelineOptions:
-    """PipelineOptions from add_pipeline_flags' parsed values (consumed from `args`); sets up logging."""
-    quiet = args.pop("quiet")
+    """PipelineOptions from add_pipeline_flags' parsed values (consumed from `args`); sets up logging.
+
+    A --stage1 item is SECTION.KEY=VALUE; VALUE is JSON (200, 1e-4, true, [100, 150]), a comma
+    list (100,150) or a word. The overrides are checked against the --ddpm-cfg preset here, so a
+    mistake ends the command with one line before the baseline trains rather than after it.
+    """
+    from d3n_ext.stage1_config import load_stage1_config
+
+    set_logging(not args.pop("quiet"))
     overrides = {}
     for item in args.pop("stage1"):
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
-    set_logging(not quiet)
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key or not value:
+            raise SystemExit(f"error: --stage1 {item}: expected SECTION.KEY=VALUE, e.g. ddpm_train.iterations=200")
+        parts = [value] if value[:1] in "[{" or "," not in value else value.split(",")
+        parsed = []
+        for part in parts:
+            try:
+                parsed.append(json.loads(part))
+            except ValueError:
+                if part.strip()[:1] in "[{":
+                    raise SystemExit(f"error: --stage1 {item}: {part} is not a valid JSON list or mapping; "
+                                     "write a list as [100, 150] or 100,150") from None
+                parsed.append(part.strip())  # a word: per-image, cosine, ...
+        overrides[key] = parsed if len(parts) > 1 else parsed[0]
+    try:
+        load_stage1_config(args["ddpm_cfg"], overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None  # names the preset, the section and the key
     return PipelineOptions(**args, stage1_overrides=overrides)
 
 

@@ -9,8 +9,9 @@ so a folder without it is an unfinished build):
     level{i}.npy    float16 array (N, T, C, h, w) per scale, memory-mapped on first use
     ddpm.pt, vae.pt the weights the manifest fingerprints (the online encoder and decoders use them)
 
-Opening reads the two JSON files and the .npy headers (no array data), so each DataLoader worker
-can open one cheaply; arrays are memory-mapped lazily per process.
+Opening reads the two JSON files, the .npy headers and a sample of rows spread over each array (a
+file overwritten with NaN or inf is refused there, by name), so each DataLoader worker can open one
+cheaply; arrays are memory-mapped lazily per process, and every row read is checked to be finite.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from utils.files import file_hash
 LOGGER = logging.getLogger(__name__)
 
 FORMAT = "d3n-feature-repository/1"
+FINITE_SAMPLE_ROWS = 32  # rows per level, evenly spread, checked for NaN/inf when a repository is opened
 MANIFEST, INDEX = "manifest.json", "index.json"
 KINDS = ("latent", "raw")
 
@@ -119,6 +121,7 @@ class LatentRepository:
             self._check_array_file(level)
         self._arrays: list[np.ndarray] | None = None
         self._pid: int | None = None
+        self._check_finite_sample()
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -146,6 +149,21 @@ class LatentRepository:
             raise CorruptRepositoryError(f"{path}: holds {dtype} {shape}, manifest says float16 {expected}")
         if path.stat().st_size != offset + int(np.prod(shape)) * 2:
             raise CorruptRepositoryError(f"{path}: truncated ({path.stat().st_size} bytes, expected {offset + int(np.prod(shape)) * 2})")
+
+    def _check_finite_sample(self) -> None:
+        """NaN/inf in evenly spread rows of each array: a damaged or overwritten file fails here, not as NaN
+        teacher outputs that NMS silently drops (lookups check each row they read as well)."""
+        n = min(self.count, FINITE_SAMPLE_ROWS)
+        rows = np.unique(np.linspace(0, max(self.count - 1, 0), n).round().astype(int))
+        for level, arr in zip(self.levels, self._open_arrays()):
+            for row in rows:
+                self._check_finite(level, arr[row], int(row))
+
+    def _check_finite(self, level: LevelInfo, values: np.ndarray, row: int) -> None:
+        if not np.isfinite(values).all():
+            raise CorruptRepositoryError(f"{self.root / level.file}: non-finite values (NaN/inf) in row {row} "
+                                         f"({self.paths[row][0] if self.paths[row] else self.keys[row][:16]}); the "
+                                         "file is damaged: rebuild it with extract_features.py build")
 
     def _open_arrays(self) -> list[np.ndarray]:
         """Memory maps, opened once per process (DataLoader workers each map their own)."""
@@ -199,7 +217,10 @@ class LatentRepository:
         row = self._row.get(key)
         if row is None:
             raise MissingLatentError(f"key {key[:16]}...: not in the feature repository {self.root} ({self.count} images)")
-        return [np.array(a[row]) for a in self._open_arrays()]
+        values = [np.array(a[row]) for a in self._open_arrays()]
+        for level, v in zip(self.levels, values):
+            self._check_finite(level, v, row)
+        return values
 
     def weight_file(self, role: str) -> Path:
         """The weights the manifest fingerprints ('ddpm' or 'compressor'), checked against their sha256."""

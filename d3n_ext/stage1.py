@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ from d3n_ext.vae_training import (fit_compressors, image_feature_batches, recons
                                   repository_feature_batches)
 from utils.checkpoints import load_checkpoint
 from utils.data_config import DataConfig, load_data_config
+from utils.dataloaders import verified_images
 from utils.files import atomic_write_text, file_hash
-from utils.torch_utils import barrier, distributed_env, init_distributed, init_seeds, select_device
+from utils.torch_utils import (barrier, distributed_env, init_distributed, init_seeds, main_process_first,
+                               select_device)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,7 +86,21 @@ def prepare(opts: Stage1Options) -> Stage1Context:
     init_seeds(opts.seed)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    return Stage1Context(opts, cfg, load_data_config(opts.data), device, out, rank, world)
+    return Stage1Context(opts, cfg, usable_images(load_data_config(opts.data)), device, out, rank, world)
+
+
+def usable_images(data: DataConfig) -> DataConfig:
+    """The data with each split cut to the images training can read (the label scan's list, warned alike).
+
+    An undecodable or tiny image would otherwise abort the DDPM or the build, after the baseline
+    has trained in the pipeline, while train.py just skips it.
+    """
+    with main_process_first():
+        splits = {s: verified_images(files, data.nc, f"{s}: ") for s, files in data.splits.items()}
+    for split, files in splits.items():
+        if not files:
+            raise ValueError(f"{data.yaml_path}: split '{split}': none of its images is readable")
+    return replace(data, splits=splits)
 
 
 def step_train_ddpm(ctx: Stage1Context) -> Path:

@@ -43,7 +43,12 @@ class FeatureConfig:
     batch_size: int = 16  # images per extraction forward
 
     def __post_init__(self) -> None:
-        self.timesteps = [int(t) for t in self.timesteps]
+        steps = [self.timesteps] if isinstance(self.timesteps, (int, str)) else self.timesteps
+        try:
+            self.timesteps = [int(t) for t in steps]
+        except (TypeError, ValueError):
+            raise ValueError(f"features.timesteps {self.timesteps!r}: expected a list of integers, e.g. "
+                             "[100, 150, 250]") from None
         if not self.timesteps or len(set(self.timesteps)) != len(self.timesteps):
             raise ValueError(f"features.timesteps {self.timesteps}: need distinct timesteps")
         if self.noise not in NOISE_RULES:
@@ -92,7 +97,10 @@ def _section(cls: type, values: dict, where: str) -> Any:
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except TypeError as e:  # a value of the wrong kind met inside the section's checks (a list for a number, ...)
+        raise ValueError(f"{where}: {e}") from None
 
 
 def config_from_dict(raw: dict, source: str = "config") -> Stage1Config:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.image_size import check_img_size
+
 NUM_TAPS = 3  # P3, P4, P5
 
 
@@ -35,8 +37,8 @@ class UNetConfig:
         levels = len(self.channel_mult)
         if levels < NUM_TAPS + 1:
             raise ValueError(f"unet.channel_mult {self.channel_mult}: needs >= {NUM_TAPS + 1} levels for {NUM_TAPS} decoder taps")
-        if self.image_size % 2 ** (levels - 1):
-            raise ValueError(f"unet.image_size {self.image_size}: must be divisible by {2 ** (levels - 1)}")
+        # each level halves the side, so the DDPM size is rounded up as the detector's --imgsz is
+        self.image_size = check_img_size(self.image_size, 2 ** (levels - 1), "unet.image_size")
         for width in self.widths:
             if width % self.norm_groups or width % self.num_head_channels:
                 raise ValueError(f"unet: width {width} is not divisible by norm_groups={self.norm_groups} "

@@ -10,6 +10,9 @@ exact: tight around every drawn pixel, clipped to the image.
 Each image has its own numpy Generator seeded from (seed, split, index), so the same arguments
 give byte-identical files. A marker `.complete.json` holding the arguments is written last: a
 crash mid-way leaves none, and `ensure_dataset` (called by the data-YAML loader) regenerates.
+The generator only ever writes into a folder it made: `.synthetic-owner` is written first into a
+new (or empty) folder, and a folder holding neither marker, such as a user's own dataset named by
+a copied data YAML's `path:`, is refused untouched.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ CLASS_NAMES: tuple[str, ...] = ("crazing", "inclusion", "patches", "pitted_surfa
 GENERATOR = "synth-defects"
 VERSION = 1  # bump when the rendering changes, so existing datasets are regenerated
 MARKER = ".complete.json"
+OWNER = ".synthetic-owner"  # written first: the folder is the generator's to change
 SPLIT_IDS = {"train": 0, "val": 1}
 FAINT_SHARE = 0.3  # share of instances drawn at low contrast on purpose
 FAINT_CONTRAST = (8.0, 14.0)  # grey levels; the surface texture has a std of about 4
@@ -157,7 +161,23 @@ def _read_marker(root: Path) -> dict | None:
 def _is_ours(path: Path) -> bool:
     """Files a generation writes (or leaves behind when it crashes)."""
     leftover = path.name.startswith(".") and path.suffix == ".tmp"  # of an interrupted atomic write
-    return path.name.startswith("synth_") or path.name in (MARKER, "data.yaml") or path.suffix == ".cache" or leftover
+    return (path.name.startswith("synth_") or path.name in (MARKER, OWNER, "data.yaml") or path.suffix == ".cache"
+            or leftover)
+
+
+def _check_ownership(root: Path) -> None:
+    """Refuse, before touching anything, a folder the generator did not make (no marker of ours, not empty)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root}: is a file, not a dataset folder")
+    if (root / OWNER).is_file() or (root / MARKER).is_file():  # MARKER alone: made before OWNER existed
+        return
+    existing = next((p for p in sorted(root.rglob("*")) if p.is_file()), None)
+    if existing is not None:
+        raise FileExistsError(f"{root}: was not made by the synthetic generator (no {OWNER}) and holds other files "
+                              f"(e.g. {existing}); nothing was changed. Generate into a new folder (data YAML "
+                              "'path:' or --out), or remove 'generate:' to use your own data")
 
 
 def _check_target(root: Path, args: dict, exist_ok: bool) -> None:
@@ -197,12 +217,15 @@ def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int
                      exist_ok: bool = False) -> Path:
     """Write root/images/{train,val}/*.png, root/labels/{train,val}/*.txt, root/data.yaml, then the marker.
 
-    Refuses to replace a dataset made with other arguments, or a folder holding other files,
-    unless exist_ok; other files are never deleted.
+    Refuses a folder it did not make (even with exist_ok), and in its own folders a dataset made
+    with other arguments or other files unless exist_ok; other files are never deleted.
     """
     root = Path(root)
     args = _marker_args(seed, size, n_train, n_val)
+    _check_ownership(root)
     _check_target(root, args, exist_ok)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / OWNER, json.dumps({"generator": GENERATOR}))
     _clear_previous(root)
     for split, n in (("train", n_train), ("val", n_val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -221,6 +244,7 @@ def ensure_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int =
     root = Path(root)
     if _read_marker(root) == _marker_args(seed, size, n_train, n_val):
         return root
+    _check_ownership(root)
     LOGGER.info("%s: generating the synthetic defect dataset (first use or changed arguments)", root)
     return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, exist_ok=True)
 

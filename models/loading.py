@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from models.yolo import Model, ModelConfigError
+from models.yolo import Model, ModelConfigError, reads_side_inputs
 from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from utils.torch_utils import de_parallel
 
@@ -33,22 +33,54 @@ def save_model(path: str | Path, model: torch.nn.Module, ema: torch.nn.Module | 
     save_checkpoint(model_payload(model, ema, **extra), path)
 
 
+def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int, str]:
+    """Load every tensor of `state` whose name and shape fit `model` -> (loaded, model's tensors, first misfit).
+
+    The misfit names the first model tensor left as initialised, with both shapes, so a warning about a
+    partial transfer can say where the two architectures part.
+    """
+    own = model.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    model.load_state_dict(fit, strict=False)
+    misfit = next((k for k in own if k not in fit), None)
+    if misfit is None:
+        return len(fit), len(own), "none"
+    theirs = tuple(state[misfit].shape) if misfit in state else "absent"
+    return len(fit), len(own), f"{misfit} {tuple(own[misfit].shape)} vs {theirs}"
+
+
 def build_from_checkpoint(ckpt: dict[str, Any], path: str | Path, use_ema: bool = True) -> Model:
     """Rebuild the Model a checkpoint describes and load its weights (EMA weights when present)."""
+    model_yaml = ckpt.get("model_yaml")
+    if not isinstance(model_yaml, dict):
+        raise CheckpointError(f"{path}: detector checkpoint without 'model_yaml'")
     try:
-        model = Model(ckpt["model_yaml"])
+        model = Model(model_yaml)
     except ModelConfigError as e:
+        if reads_side_inputs(model_yaml) and "unknown module" in str(e):
+            raise CheckpointError(f"{path}: a model with side inputs (a D3N teacher) whose blocks are not loaded: "
+                                  "pass --latents <feature repository>") from None
         raise CheckpointError(f"{path}: cannot rebuild its model ({e})") from None
-    except KeyError:
-        raise CheckpointError(f"{path}: detector checkpoint without 'model_yaml'") from None
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt.get("state_dict")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: weights do not fit its model ({first[:200]})") from None
-    model.names = list(ckpt.get("names") or model.names)
+    model.names = checkpoint_names(ckpt, model.detect.nc, path)
     return model
+
+
+def checkpoint_names(ckpt: dict[str, Any], nc: int, path: str | Path) -> list[str]:
+    """The class names a checkpoint stores, one per class (scripts index them by class id)."""
+    names = ckpt.get("names")
+    if names is None:
+        return [str(i) for i in range(nc)]
+    if not isinstance(names, (list, tuple)) or len(names) != nc:
+        count = len(names) if isinstance(names, (list, tuple, dict)) else type(names).__name__
+        raise CheckpointError(f"{path}: 'names' holds {count} class names but the model has nc={nc}; "
+                              "the checkpoint was edited or damaged: re-save it with one name per class")
+    return [str(n) for n in names]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = False, use_ema: bool = True) -> Model:

@@ -28,6 +28,8 @@ from utils.torch_utils import count_parameters, fuse_conv_and_bn, profile_gflops
 LOGGER = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent
 MODEL_KEYS = {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head", "ch"}
+MAX_CLASSES = 10_000  # a head for more would be mostly class logits (LVIS has 1,203 classes)
+MAX_MULTIPLE = 10.0  # depth/width multiples beyond this build models no machine trains (yolov5x: 1.33, 1.25)
 
 
 class ModelConfigError(ValueError):
@@ -133,10 +135,27 @@ def _row_inputs(f, i: int, chs: list[int], ch_img: int) -> tuple[list[int], list
     return froms, channels
 
 
+def _build_context(cfg: dict, source: str) -> BuildContext:
+    """The YAML's scalars, checked: a class count the head can hold and positive scale multiples."""
+    nc = cfg.get("nc")
+    if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_CLASSES:
+        raise ModelConfigError(f"{source}: nc={nc!r}: expected a whole number of classes from 1 to {MAX_CLASSES:,}")
+    multiples = {}
+    for key in ("depth_multiple", "width_multiple"):
+        v = cfg.get(key, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_MULTIPLE:
+            raise ModelConfigError(f"{source}: {key}={v!r}: expected a number in (0, {MAX_MULTIPLE}] "
+                                   "(yolov5n: depth 0.33, width 0.25; yolov5x: 1.33, 1.25)")
+        multiples[key] = float(v)
+    return BuildContext(nc=nc, anchors=cfg.get("anchors"), **multiples)
+
+
 def parse_model(cfg: dict, ch: int, source: str = "<dict>") -> tuple[nn.Sequential, list[int]]:
     """Build the layers of a model YAML dict; errors name the YAML row."""
-    ctx = BuildContext(nc=int(cfg["nc"]), anchors=cfg.get("anchors"), width_multiple=float(cfg.get("width_multiple", 1.0)),
-                       depth_multiple=float(cfg.get("depth_multiple", 1.0)))
+    ctx = _build_context(cfg, source)
+    for section in ("backbone", "head"):
+        if not isinstance(cfg.get(section), list) or not cfg[section]:
+            raise ModelConfigError(f"{source}: '{section}' must be a list of [from, number, module, args] rows")
     layers, save, chs = [], [], []
     rows = [("backbone", j, r) for j, r in enumerate(cfg["backbone"])] + [("head", j, r) for j, r in enumerate(cfg["head"])]
     for i, (section, j, row) in enumerate(rows):
@@ -189,6 +208,12 @@ def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
             raise ModelConfigError(f"{path}: missing '{key}'")
     d["yaml_file"] = path.name
     return d, str(path)
+
+
+def reads_side_inputs(model_yaml: dict) -> bool:
+    """Whether a model YAML dict has SideInput rows: the model needs extra inputs (a plug-in's, e.g. latents)."""
+    rows = [*(model_yaml.get("backbone") or []), *(model_yaml.get("head") or [])]
+    return any(isinstance(r, list) and len(r) == 4 and r[2] == "SideInput" for r in rows)
 
 
 class Model(nn.Module):

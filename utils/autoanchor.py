@@ -88,29 +88,37 @@ def kmean_anchors(wh: np.ndarray, n: int = 9, img_size: int = 640, thr: float = 
     return k[np.argsort(k.prod(1))]
 
 
-def dataset_box_sizes(labels: list[np.ndarray], shapes: np.ndarray, imgsz: int, seed: int = 0) -> np.ndarray:
+def dataset_box_sizes(labels: list[np.ndarray], shapes: np.ndarray, imgsz: int, seed: int = 0,
+                      stretch: bool = False) -> np.ndarray:
     """(n, 2) box sizes in pixels at training size, each image rescaled by a seeded 0.9-1.1 factor.
 
-    The factor stands in for scale augmentation so anchors are not fitted to one exact size.
+    The image's size at training follows the input rule: letterbox keeps the aspect (long side ->
+    imgsz), `stretch` (--scale) makes every image imgsz x imgsz, so a box of a wide image narrows
+    by imgsz/W and grows by imgsz/H. The factor stands in for scale augmentation so anchors are not
+    fitted to one exact size.
     """
     shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)  # (N, 2) original w, h
     if len(labels) != len(shapes):
         raise ValueError(f"check_anchors: {len(labels)} label arrays for {len(shapes)} image shapes")
-    sizes = imgsz * shapes / shapes.max(1, keepdims=True)  # (N, 2) w, h after resizing the long side
+    if stretch:
+        sizes = np.full_like(shapes, float(imgsz))  # (N, 2) w, h: every image stretched to the square
+    else:
+        sizes = imgsz * shapes / shapes.max(1, keepdims=True)  # (N, 2) w, h after resizing the long side
     scale = np.random.default_rng(seed).uniform(0.9, 1.1, size=(len(shapes), 1))
     wh = [np.asarray(lb, dtype=np.float64).reshape(-1, 5)[:, 3:5] * s for lb, s in zip(labels, sizes * scale)]
     return np.concatenate(wh) if wh else np.zeros((0, 2))
 
 
 def check_anchors(labels: list[np.ndarray], shapes: np.ndarray, model: nn.Module, thr: float = 4.0,
-                  imgsz: int = 640, seed: int = 0) -> bool:
+                  imgsz: int = 640, seed: int = 0, stretch: bool = False) -> bool:
     """Evolve new anchors into `model` when its current ones recall <= 98% of the boxes.
 
-    `labels` per image (k, 5) [cls, x, y, w, h] normalised, `shapes` (N, 2) original [w, h].
+    `labels` per image (k, 5) [cls, x, y, w, h] normalised, `shapes` (N, 2) original [w, h];
+    `stretch` when training stretches images to imgsz x imgsz (--scale) instead of letterboxing.
     Returns True when the model's anchors were replaced (they are then saved with its weights).
     """
     detect = de_parallel(model).detect
-    wh = dataset_box_sizes(labels, shapes, imgsz, seed)
+    wh = dataset_box_sizes(labels, shapes, imgsz, seed, stretch)
     if not len(wh):
         LOGGER.warning("AutoAnchor: no labelled boxes, anchors left unchanged")
         return False

@@ -9,6 +9,7 @@ dataset generator that builds the data on first use. Nothing in a data YAML is e
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ def list_images(source: str | Path | list, base: Path | None = None) -> list[Pat
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_FORMATS and f.is_file())
     if p.suffix.lower() == ".txt" and p.is_file():
-        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         return sorted({(p.parent / ln).resolve() if not Path(ln).is_absolute() else Path(ln) for ln in lines})
     if p.is_file():
         return [p]
@@ -81,23 +82,38 @@ def list_images(source: str | Path | list, base: Path | None = None) -> list[Pat
 def _parse_names(yaml_path: Path, raw: dict) -> list[str]:
     names = raw.get("names")
     if isinstance(names, dict):
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in names):
+            odd = next(k for k in names if not isinstance(k, int) or isinstance(k, bool))
+            raise DataConfigError(f"{yaml_path}: 'names' keys must be class indices 0..{len(names) - 1}, "
+                                  f"got {odd!r}; write them unquoted (0: crazing)")
         keys = sorted(names)
         if keys != list(range(len(keys))):
             raise DataConfigError(f"{yaml_path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}")
         names = [str(names[k]) for k in keys]
     if not isinstance(names, list) or not names:
         raise DataConfigError(f"{yaml_path}: 'names' must be a non-empty list or {{index: name}} mapping")
-    if "nc" in raw and int(raw["nc"]) != len(names):
-        raise DataConfigError(f"{yaml_path}: nc={raw['nc']} but {len(names)} names are given")
+    nc = raw.get("nc", len(names))
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc != len(names):
+        raise DataConfigError(f"{yaml_path}: nc={nc!r} but {len(names)} names are given")
     return [str(n) for n in names]
 
 
 def _run_generator(yaml_path: Path, root: Path, spec: dict) -> None:
+    """Call the registered generator with the YAML's keywords, each checked against its signature first."""
     if not isinstance(spec, dict) or spec.get("name") not in GENERATORS:
         raise DataConfigError(f"{yaml_path}: 'generate.name' must be one of {sorted(GENERATORS)}")
     module, func = GENERATORS[spec["name"]]
+    generator = getattr(importlib.import_module(module), func)
+    known = [n for n, p in inspect.signature(generator).parameters.items() if p.kind is p.KEYWORD_ONLY]
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    getattr(importlib.import_module(module), func)(root, **kwargs)
+    unknown = sorted(set(kwargs) - set(known), key=str)
+    if unknown:
+        raise DataConfigError(f"{yaml_path}: unknown 'generate' keys {unknown} for {spec['name']!r} "
+                              f"(known: {', '.join(['name', *known])})")
+    try:
+        generator(root, **kwargs)
+    except (FileExistsError, ValueError) as e:
+        raise DataConfigError(f"{yaml_path}: generate: {e}") from None
 
 
 def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:

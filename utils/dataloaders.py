@@ -35,11 +35,12 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data_config import img2label_paths
 from utils.files import atomic_write_text
 from utils.hyp import Hyp
+from utils.images import decode_image
 from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the verification rules change, so old caches are rebuilt
+CACHE_VERSION = 2  # bump when the verification rules change, so old caches are rebuilt
 COORD_TOLERANCE = 1e-3  # label coordinates this far outside [0, 1] are clipped rather than dropped
 MIN_IMAGE_SIDE = 10  # px; smaller images are treated as corrupt
 
@@ -89,22 +90,24 @@ def parse_label_text(text: str, label_file: str | Path, nc: int | None) -> tuple
 def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
     """Decode one image and parse its labels -> a JSON-able cache entry with status and messages."""
     entry = {"shape": None, "labels": [], "status": "corrupt", "msgs": [], "dropped": 0}
-    im = cv2.imread(str(im_file), cv2.IMREAD_COLOR)
+    im, problem = decode_image(im_file)
     if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:
-        problem = "cannot be decoded" if im is None else f"smaller than {MIN_IMAGE_SIDE} px"
+        problem = problem if im is None else f"smaller than {MIN_IMAGE_SIDE} px"
         entry["msgs"] = [f"{im_file}: image {problem}; skipped"]
         return entry
+    notes = [f"{im_file}: {problem}; used"] if problem else []  # a truncated JPEG (utils.images)
     entry["shape"] = [im.shape[1], im.shape[0]]  # w, h
     if not label_file.is_file():
-        entry["status"] = "missing"
+        entry.update(status="missing", msgs=notes)
         return entry
     try:
-        text = label_file.read_text()
+        text = label_file.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of row 1
     except (OSError, UnicodeDecodeError) as e:
         entry["msgs"] = [f"{label_file}: label file unreadable ({type(e).__name__}); image skipped"]
         return entry
     labels, msgs = parse_label_text(text, label_file, nc)
-    entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=msgs, dropped=len(msgs))
+    entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
+                 dropped=len(msgs))
     return entry
 
 
@@ -164,6 +167,27 @@ def log_scan_summary(entries: list[dict], prefix: str = "") -> None:
     log = LOGGER.warning if count["corrupt"] or dropped else LOGGER.info  # problems stay visible under --quiet
     log(f"{prefix}Scanning {len(entries)} images: {count['found']} labelled, {count['missing']} missing "
                 f"labels, {count['empty']} empty, {count['corrupt']} corrupt, {dropped} label rows dropped")
+
+
+def verified_images(im_files: list[Path], nc: int | None = None, prefix: str = "") -> list[Path]:
+    """The images training uses: those the label scan (or its cache) decodes, with the scan's image warnings.
+
+    For readers of a split other than the dataset (D3N's stage 1), so an image train.py skips is
+    skipped there too, with the same message, instead of aborting or being accepted.
+    """
+    im_files = [Path(f) for f in im_files]
+    if not im_files:
+        return []
+    entries, _ = scan_labels(im_files, img2label_paths(im_files), nc, prefix)
+    for f, entry in zip(im_files, entries):
+        for msg in entry["msgs"]:
+            if msg.startswith(f"{f}:") or entry["status"] == "corrupt":
+                LOGGER.warning("%s%s", prefix, msg)
+    kept = [f for f, e in zip(im_files, entries) if e["status"] != "corrupt"]
+    if len(kept) < len(im_files):
+        LOGGER.warning("%s%d of %d images skipped (unreadable, as in training)", prefix, len(im_files) - len(kept),
+                       len(im_files))
+    return kept
 
 
 # ---------------------------------------------------------------- geometry records
@@ -292,7 +316,7 @@ class LoadImagesAndLabels(Dataset):
 
     def _read_resized(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         path = self.im_files[i]
-        im = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR
+        im, _ = decode_image(path)  # BGR; a truncated JPEG was warned about by the scan
         if im is None:
             raise FileNotFoundError(f"{path}: image cannot be read (was it changed after the label scan?)")
         h0, w0 = im.shape[:2]

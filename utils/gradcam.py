@@ -153,8 +153,7 @@ class CamWriter:
         side = side_fn(frame.path, frame.image, tuple(x.shape[-2:])) if side_fn else None
         result = self.cam(x.to(self.dtype), side, conf_thres=self.predictor.options.conf_thres)
         strip = cam_strip(frame.image, result, ratio_pad, self.names, det)
-        stem = frame.path.stem + (f"_{frame.frame}" if frame.is_video else "")
-        path = self.save_dir / f"{stem}.jpg"
+        path = self.save_dir / f"{frame.stem}.jpg"
         ok, buf = cv2.imencode(".jpg", strip)
         if not ok:
             raise ValueError(f"{frame.path}: could not encode its Grad-CAM++ image")

@@ -10,6 +10,7 @@ import torch
 
 from utils.augmentations import letterbox, stretch
 from utils.boxes import scale_boxes
+from utils.image_size import check_img_size
 from utils.nms import non_max_suppression
 from utils.torch_utils import time_sync
 
@@ -56,14 +57,15 @@ class Predictor:
     def __post_init__(self):
         self.device = next(self.model.parameters()).device
         self.stride = int(self.model.stride.max())
+        self.imgsz = check_img_size(self.options.imgsz, self.stride)  # the grids must tile the input
 
     def preprocess(self, im0: np.ndarray) -> tuple[torch.Tensor, tuple]:
         """BGR image -> (1, 3, H, W) float tensor in 0-1 and the ratio_pad that undoes the resize."""
         if self.options.scale:
-            im, (rw, rh) = stretch(im0, (self.options.imgsz, self.options.imgsz))
+            im, (rw, rh) = stretch(im0, (self.imgsz, self.imgsz))
             ratio_pad = ((rh, rw), (0.0, 0.0))
         else:
-            im, (rw, rh), (dw, dh) = letterbox(im0, self.options.imgsz, auto=True, stride=self.stride)
+            im, (rw, rh), (dw, dh) = letterbox(im0, self.imgsz, auto=True, stride=self.stride)
             ratio_pad = ((rh, rw), (dw, dh))
         x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))).to(self.device)
         x = x.half() if self.options.half and self.device.type == "cuda" else x.float()

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import onnx
 import torch
@@ -29,6 +28,7 @@ from utils.checkpoints import CheckpointError
 from utils.data_config import DataConfig
 from utils.dataloaders import create_dataloader
 from utils.files import atomic_write_bytes
+from utils.sources import read_image
 from utils.validator import ValOptions, ValResult, run_validation
 
 LOGGER = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class LetterboxReader(CalibrationDataReader):
         while self.position < len(self.files):
             path = self.files[self.position]
             self.position += 1
-            im = cv2.imread(str(path))
+            im = read_image(path)  # the readers' one rule: a truncated JPEG is used with a warning
             if im is None:
                 LOGGER.warning("WARNING: calibration: skipping unreadable image %s", path)
                 continue

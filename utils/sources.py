@@ -1,12 +1,16 @@
 """Inputs for detect.py: an image, a directory, a glob, a .txt list of paths, or a video file.
 
 Unreadable images and videos are skipped with a warning, never a crash in the middle of a run.
+Every input gets an output name of its own: its path below the inputs' common folder, so
+a/img.jpg and b/img.jpg do not overwrite each other's results.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +19,7 @@ import cv2
 import numpy as np
 
 from utils.data_config import IMG_FORMATS, VID_FORMATS
+from utils.images import decode_image
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +31,13 @@ class Frame:
     frame: int = 0  # frame index for videos, 0 for images
     frames: int = 1  # frames in the video, 1 for images
     fps: float = 0.0
+    out_stem: Path | None = None  # output name, relative, no extension, unique in the run (None: the file's stem)
+
+    @property
+    def stem(self) -> Path:
+        """Relative name for this frame's outputs: out_stem, plus _<frame> for a video frame."""
+        stem = self.out_stem or Path(self.path.stem)
+        return stem.with_name(f"{stem.name}_{self.frame}") if self.is_video else stem
 
     @property
     def is_video(self) -> bool:
@@ -41,7 +53,7 @@ def resolve_source(source: str | Path) -> list[Path]:
     elif p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
     elif p.suffix.lower() == ".txt" and p.is_file():
-        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         files = [Path(ln) if Path(ln).is_absolute() else p.parent / ln for ln in lines]
     elif p.is_file():
         files = [p]
@@ -54,31 +66,50 @@ def resolve_source(source: str | Path) -> list[Path]:
     return media
 
 
+def output_stems(files: list[Path]) -> dict[Path, Path]:
+    """Per input its output name: the path below the inputs' common folder, without extension.
+
+    a/img.jpg and b/img.jpg stay apart (a/img, b/img); so do img.jpg and img.png beside each other
+    (img_jpg, img_png), whose labels would otherwise share img.txt.
+    """
+    if not files:
+        return {}
+    absolute = {f: Path(f).absolute() for f in files}
+    base = Path(os.path.commonpath([a.parent for a in absolute.values()]))
+    stems = {f: a.relative_to(base).with_suffix("") for f, a in absolute.items()}
+    taken = Counter(stems.values())
+    return {f: s.with_name(f"{s.name}_{Path(f).suffix.lstrip('.').lower()}") if taken[s] > 1 else s
+            for f, s in stems.items()}
+
+
 def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 (H, W, 3), grey and alpha images converted; None when the file is unreadable."""
-    try:
-        im = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
-    except (OSError, cv2.error):
-        return None
-    return im if im is not None and im.size else None
+    """BGR uint8 (H, W, 3), grey and alpha images converted; None when the file is unreadable.
+
+    A truncated JPEG is used with a warning, by the rule every reader follows (utils.images).
+    """
+    im, problem = decode_image(path)
+    if im is not None and problem:
+        LOGGER.warning("WARNING: %s: %s; used", path, problem)
+    return im
 
 
 def iter_frames(files: list[Path], skipped: list[Path] | None = None) -> Iterator[Frame]:
     """Yield every image and every video frame; warn about, skip (and list in `skipped`) what cannot be read."""
     skipped = [] if skipped is None else skipped
+    stems = output_stems(files)
     for path in files:
         if path.suffix.lower() in VID_FORMATS:
-            yield from _video_frames(path, skipped)
+            yield from _video_frames(path, skipped, stems[path])
             continue
         im = read_image(path)
         if im is None:
             LOGGER.warning("WARNING: %s: unreadable or corrupt image, skipped", path)
             skipped.append(path)
             continue
-        yield Frame(path, im)
+        yield Frame(path, im, out_stem=stems[path])
 
 
-def _video_frames(path: Path, skipped: list[Path]) -> Iterator[Frame]:
+def _video_frames(path: Path, skipped: list[Path], out_stem: Path) -> Iterator[Frame]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         LOGGER.warning("WARNING: %s: cannot open video, skipped", path)
@@ -92,7 +123,7 @@ def _video_frames(path: Path, skipped: list[Path]) -> Iterator[Frame]:
             ok, im = cap.read()
             if not ok:
                 break
-            yield Frame(path, im, i, frames, fps)
+            yield Frame(path, im, i, frames, fps, out_stem)
             i += 1
     finally:
         cap.release()

@@ -21,14 +21,15 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from models.loading import build_from_checkpoint, save_model
+from models.loading import build_from_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
-from utils.checkpoints import load_checkpoint
+from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader, set_loader_epoch
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import Hyp, load_hyp
+from utils.image_size import check_img_size
 from utils.loss import LossGains
 from utils.optim import build_optimizer, lr_factor, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
@@ -38,6 +39,7 @@ from utils.torch_utils import (ModelEMA, barrier, channels_last, de_parallel, di
 from utils.validator import ValOptions, run_validation
 
 LOGGER = logging.getLogger(__name__)
+TRANSFER_WARN_SHARE = 0.9  # --weights filling less of the model than this is warned about: another architecture
 RESULT_COLUMNS = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
                   "val/box_loss", "val/obj_loss", "val/cls_loss"]
 
@@ -47,7 +49,7 @@ class TrainOptions:
     """train.py's flags, parsed once (YOLOv5 names and defaults)."""
 
     weights: str = ""  # initial weights (a detector checkpoint); '' trains from scratch
-    cfg: str = "yolov5s.yaml"
+    cfg: str = "yolov5s.yaml"  # '' with weights: the checkpoint's own architecture
     data: str = "data/synth-defects.yaml"
     hyp: str = ""
     epochs: int = 100
@@ -83,8 +85,38 @@ class StopTraining(RuntimeError):
     """A NaN/inf loss: training stops with the step and the loss items."""
 
 
+def check_train_options(opt: TrainOptions) -> None:
+    """Refuse counts no run can use, before any data is read (one line naming the flag)."""
+    for flag, value in (("--epochs", opt.epochs), ("--batch-size", opt.batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive integer")
+    check_img_size(opt.imgsz, 1)
+    if not opt.cfg and not opt.weights and not opt.resume:
+        raise ValueError("no model given: pass --cfg <model YAML> or --weights <checkpoint>")
+
+
+def check_resumable(ckpt: dict, path: str | Path, epochs: int) -> None:
+    """A run is resumable while it has epochs left and its optimizer state (final checkpoints drop it)."""
+    done = int(ckpt.get("epoch", -1)) + 1
+    if ckpt.get("optimizer") is None or done >= epochs:
+        raise CheckpointError(f"{path}: training already finished after {done} of {epochs} epochs; nothing to "
+                              f"resume. To train further, start a new run with --weights {path}")
+
+
+def remove_stale_temp_files(*folders: Path) -> list[Path]:
+    """Delete `.name.XXXX.tmp` files an atomic write left when the process was killed; returns them."""
+    stale = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        LOGGER.info("Removed %d temporary file(s) of an interrupted save: %s", len(stale),
+                    ", ".join(p.name for p in stale))
+    return stale
+
+
 class Trainer:
     def __init__(self, opt: TrainOptions, task: DetectionTask | None = None):
+        check_train_options(opt)
         self.opt, self.task = opt, task or DetectionTask()
         self.device = select_device(opt.device)
         self.distributed = init_distributed(self.device)
@@ -93,6 +125,8 @@ class Trainer:
             self.device = torch.device("cuda", self.local_rank)
         self.main = is_main_process()
         self.ckpt = load_checkpoint(opt.resume, expect="detector") if opt.resume else None
+        if self.ckpt is not None:
+            check_resumable(self.ckpt, opt.resume, opt.epochs)
         self.hyp: Hyp = load_hyp(opt.hyp or None).replace(label_smoothing=opt.label_smoothing)
         self.save_dir = Path(opt.resume).parents[1] if opt.resume else \
             increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
@@ -104,13 +138,7 @@ class Trainer:
         if self.ckpt is not None:
             model = build_from_checkpoint(self.ckpt, self.opt.resume, use_ema=False)
         elif self.opt.weights:
-            ckpt = load_checkpoint(self.opt.weights, expect="detector")
-            model = Model(self.task.model_cfg(load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]), nc=nc)
-            src = ckpt["ema"] or ckpt["state_dict"]
-            own = model.state_dict()
-            fit = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-            model.load_state_dict(fit, strict=False)
-            LOGGER.info("Transferred %d/%d items from %s", len(fit), len(own), self.opt.weights)
+            model = self._model_from_weights(nc)
         else:
             model = Model(self.task.model_cfg(load_model_yaml(self.opt.cfg)[0]), nc=nc)
         model = self.task.prepare_model(model)
@@ -120,10 +148,30 @@ class Trainer:
                 v.requires_grad = False  # parts frozen by their own block (e.g. a decoder) stay frozen too
         return channels_last(model.to(self.device))
 
+    def _model_from_weights(self, nc: int) -> Model:
+        """--weights: the checkpoint's own architecture (or --cfg's), filled with every tensor that fits."""
+        path = self.opt.weights
+        ckpt = load_checkpoint(path, expect="detector")
+        if not isinstance(ckpt.get("model_yaml"), dict):
+            raise CheckpointError(f"{path}: detector checkpoint without 'model_yaml'")
+        cfg = load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]
+        model = Model(self.task.model_cfg(cfg), nc=nc)
+        state = ckpt.get("ema") or ckpt.get("state_dict") or {}
+        fit, total, mismatch = transfer_weights(model, state)
+        if fit < TRANSFER_WARN_SHARE * total:
+            built = f"--cfg {self.opt.cfg}; drop --cfg to fine-tune the checkpoint's own model" if self.opt.cfg else \
+                "the model this run builds from it"
+            LOGGER.warning("WARNING: transferred only %d/%d tensors from %s (first mismatch: %s): its model (%s) is "
+                           "not %s", fit, total, path, mismatch, ckpt["model_yaml"].get("yaml_file", "?"), built)
+        else:
+            LOGGER.info("Transferred %d/%d items from %s", fit, total, path)
+        return model
+
     def setup(self) -> None:
         opt = self.opt
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.save_dir, self.wdir)
             atomic_write_text(self.save_dir / "opt.yaml", _yaml_dump(asdict(opt)))
             atomic_write_text(self.save_dir / "hyp.yaml", _yaml_dump(self.hyp.as_dict()))
         self.data = load_data_config(opt.data) if self.main else None
@@ -132,24 +180,25 @@ class Trainer:
         names = ["item"] if opt.single_cls else self.data.names
         self.model = self._build_model(len(names), names)
         self.gs = max(int(self.model.stride.max()), 32)
+        self.imgsz = check_img_size(opt.imgsz, self.gs)
         kwargs = self.task.dataset_kwargs(self.model)
         common = dict(hyp=self.hyp, cache=opt.cache, scale_mode=opt.scale, workers=opt.workers, seed=opt.seed,
                       single_cls=opt.single_cls, nc=len(names), dataset_cls=self.task.dataset_cls, dataset_kwargs=kwargs)
         self.train_loader, self.dataset = create_dataloader(
-            self.data.images("train"), opt.imgsz, opt.batch_size // self.world, self.gs, augment=True,
+            self.data.images("train"), self.imgsz, opt.batch_size // self.world, self.gs, augment=True,
             rect=opt.rect, shuffle=not opt.rect, prefix="train: ", **common)
         if self.main:
             val_kwargs = {**kwargs, **({} if opt.scale else {"pad": 0.5})}
             self.val_loader, _ = create_dataloader(
-                self.data.images("val"), opt.imgsz, max(opt.batch_size // self.world, 1) * 2, self.gs, augment=False,
+                self.data.images("val"), self.imgsz, max(opt.batch_size // self.world, 1) * 2, self.gs, augment=False,
                 rect=not opt.scale, shuffle=False, prefix="val: ", distributed=False,
                 **{**common, "hyp": None, "dataset_kwargs": val_kwargs})
         self.nb = len(self.train_loader)
         self._setup_optimization()
         if self.ckpt is None and self.main:
             self._first_run_checks()
-        self.task.setup(self.model, self.hyp, opt.imgsz, self.device)
-        self.gains = LossGains.from_hyp(self.hyp, self.model.detect.nl, self.model.detect.nc, opt.imgsz)
+        self.task.setup(self.model, self.hyp, self.imgsz, self.device)
+        self.gains = LossGains.from_hyp(self.hyp, self.model.detect.nl, self.model.detect.nc, self.imgsz)
         LOGGER.info("Loss gains (derived from %s): %s", opt.hyp or "hyp.scratch-low.yaml", self.gains)
         if self.distributed:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
@@ -164,6 +213,7 @@ class Trainer:
         self.ema = ModelEMA(self.model) if self.main else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.start_epoch, self.best_fitness = 0, 0.0
+        self.rows: list[dict] = []  # results.csv; a fresh run in a reused folder starts a new file
         if self.ckpt is not None:
             self._restore(self.ckpt)
 
@@ -176,8 +226,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.best_fitness = int(ckpt["epoch"]) + 1, float(ckpt["best_fitness"])
         self.scheduler.last_epoch = self.start_epoch - 1
-        if self.start_epoch >= self.opt.epochs:
-            raise SystemExit(f"error: {self.opt.resume}: training already finished ({self.opt.epochs} epochs)")
+        self.rows = results_until(_read_results(self.save_dir / "results.csv"), ckpt)
         LOGGER.info("Resuming %s from epoch %d of %d", self.opt.resume, self.start_epoch, self.opt.epochs)
 
     def _first_run_checks(self) -> None:
@@ -185,7 +234,8 @@ class Trainer:
         if not self.opt.noplots and len(labels):
             plot_labels(labels, self.model.names, self.save_dir)
         if not self.opt.noautoanchor:
-            check_anchors(self.dataset.labels, self.dataset.shapes, self.model, self.hyp.anchor_t, self.opt.imgsz)
+            check_anchors(self.dataset.labels, self.dataset.shapes, self.model, self.hyp.anchor_t, self.imgsz,
+                          stretch=self.opt.scale)
             if self.ema is not None:
                 self.ema.ema.detect.anchors.copy_(self.model.detect.anchors)
 
@@ -197,7 +247,7 @@ class Trainer:
         nw = max(round(self.hyp.warmup_epochs * self.nb), 100) if self.hyp.warmup_epochs > 0 else -1
         stopper = EarlyStopping(opt.patience, self.best_fitness, self.start_epoch - 1)
         LOGGER.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s; %d epochs from %d",
-                    opt.imgsz, opt.imgsz, opt.workers, self.save_dir, opt.epochs, self.start_epoch)
+                    self.imgsz, self.imgsz, opt.workers, self.save_dir, opt.epochs, self.start_epoch)
         t0 = time.time()
         for epoch in range(self.start_epoch, opt.epochs):
             train_items = self.train_epoch(epoch, nw)
@@ -206,8 +256,9 @@ class Trainer:
                 result = self.validate(final=False) if not opt.noval or epoch == opt.epochs - 1 else None
                 fitness = result.fitness() if result is not None else 0.0
                 self.best_fitness = max(self.best_fitness, fitness)
-                self.log_epoch(epoch, train_items, result)
-                self.save(epoch, fitness)
+                row = self.results_row(epoch, train_items, result)
+                self.save(epoch, fitness, row)
+                self.write_results(row)  # after the checkpoint: a kill in between never shows an epoch twice
                 stop = stopper(epoch, fitness)
             if self.distributed:
                 flag = torch.tensor([int(stop)], device=self.device)
@@ -270,7 +321,7 @@ class Trainer:
 
     def _multi_scale(self, imgs: torch.Tensor, epoch: int, i: int) -> torch.Tensor:
         rng = np.random.default_rng([self.opt.seed, epoch, i])
-        sz = int(rng.uniform(self.opt.imgsz * 0.5, self.opt.imgsz * 1.5 + self.gs)) // self.gs * self.gs
+        sz = int(rng.uniform(self.imgsz * 0.5, self.imgsz * 1.5 + self.gs)) // self.gs * self.gs
         factor = sz / max(imgs.shape[2:])
         if factor == 1:
             return imgs
@@ -288,21 +339,26 @@ class Trainer:
                               self.save_dir if final else None, options, compute_loss=self.task.compute_loss,
                               device=self.device)
 
-    def log_epoch(self, epoch: int, items: np.ndarray, result) -> None:
+    def results_row(self, epoch: int, items: np.ndarray, result) -> dict:
+        """One results.csv row: epoch, train losses, validation metrics and losses, learning rates, task columns."""
         row = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.task.loss_names, items)})
         values = result.results_row() if result is not None else (0.0,) * len(RESULT_COLUMNS)
         row.update(dict(zip(RESULT_COLUMNS, map(float, values))))
         row.update({f"x/lr{j}": lr for j, lr in enumerate(self.lr)})
         row.update(self.task.epoch_log(de_parallel(self.model)))
-        self.rows = getattr(self, "rows", _read_results(self.save_dir / "results.csv"))
+        return row
+
+    def write_results(self, row: dict) -> None:
         self.rows.append(row)
         atomic_write_text(self.save_dir / "results.csv", _csv_text(self.rows))
 
-    def save(self, epoch: int, fitness: float) -> None:
+    def save(self, epoch: int, fitness: float, row: dict | None = None) -> None:
+        """last.pt (and best.pt, epoch<N>.pt); the epoch's results row rides along for --resume."""
         if self.opt.nosave and epoch != self.opt.epochs - 1:
             return
         extra = dict(epoch=epoch, best_fitness=self.best_fitness, fitness=fitness, updates=self.ema.updates,
+                     results_row=row,
                      optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                      train_opts=asdict(self.opt), hyp=self.hyp.as_dict(), task=self.task.checkpoint_extra(),
                      date=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -359,7 +415,17 @@ def _read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def results_until(rows: list[dict], ckpt: dict) -> list[dict]:
+    """results.csv rows up to the checkpoint's epoch: rows written after it (a kill before the next save) go,
+    and the checkpoint's own row (stored with it) stands in for one the kill kept from the file."""
+    epoch = int(ckpt["epoch"])
+    own = ckpt.get("results_row")
+    kept = [r for r in rows if r.get("epoch", -1) < epoch or (own is None and r.get("epoch") == epoch)]
+    return kept + [dict(own)] if own is not None else kept
 
 
 def _csv_text(rows: list[dict]) -> str:

@@ -115,3 +115,31 @@ def test_a_short_run_from_scratch_learns(tmp_path, tiny_model_yaml):
         score[name] = result.map50
     # measured here: 0.029 against 0.0016 untrained (18x); a broken loss, matcher or optimizer stays near 0.002
     assert score["trained"] > max(0.01, 5 * score["untrained"]), score
+
+
+def test_autoanchor_judges_the_boxes_stretched_under_scale(tmp_path, tiny_model_yaml, monkeypatch):
+    """--scale stretches 160x64 images to 64x64: AutoAnchor must see boxes 0.4x as wide and equally tall."""
+    from tests.conftest import write_image
+    import utils.trainer as trainer
+    from utils.autoanchor import dataset_box_sizes
+
+    root = tmp_path / "wide"
+    for split in ("train", "val"):
+        for i in range(4):
+            write_image(root / "images" / split / f"{i}.png", size=(64, 160), seed=i)  # h 64, w 160
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.25 0.5\n")  # 40 x 32 px
+    data = tmp_path / "wide.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": [f"c{i}" for i in range(6)]}))
+    seen = {}
+    real_check = trainer.check_anchors
+
+    def spy(labels, shapes, model, thr, imgsz, **kwargs):
+        seen["wh"] = dataset_box_sizes(labels, shapes, imgsz, stretch=kwargs.get("stretch", False))
+        return real_check(labels, shapes, model, thr, imgsz, **kwargs)
+
+    monkeypatch.setattr(trainer, "check_anchors", spy)
+    train.main(_flags(data, tiny_model_yaml, tmp_path, "scaled", "--epochs", "1", "--noval", "--scale"))
+    ratio = seen["wh"][:, 0] / seen["wh"][:, 1]  # w / h of the box as trained: 16 x 32 px stretched
+    assert torch.allclose(torch.from_numpy(ratio), torch.tensor(0.5, dtype=torch.float64))  # letterbox gives 1.25

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.autoanchor import anchor_fitness, best_possible_recall, check_anchors, kmean_anchors
+from utils.autoanchor import anchor_fitness, best_possible_recall, check_anchors, dataset_box_sizes, kmean_anchors
 
 DEFAULT_ANCHORS = np.array([[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119],
                             [116, 90], [156, 198], [373, 326]], dtype=float)
@@ -99,3 +99,29 @@ def test_check_anchors_replaces_anchors_that_miss_the_boxes(model, caplog):
     decoded, raw = model(torch.zeros(1, 3, 64, 64))
     expected_wh = (raw[0][0, 0, 0, 0, 2:4].sigmoid() * 2) ** 2 * torch.from_numpy(anchors_px[0])
     assert torch.allclose(decoded[0, 0, 2:4], expected_wh.float())  # eval decodes with the new anchors
+
+
+def test_scale_mode_sizes_boxes_of_wide_images_as_stretched_not_letterboxed():
+    """GC10-DET-like 2048x1000 images: under --scale a box's w and h scale by imgsz/W and imgsz/H separately."""
+    rows = np.array([[0, 0.5, 0.5, 0.05, 0.3], [1, 0.3, 0.6, 0.2, 0.1]])  # normalised [cls, x, y, w, h]
+    labels, shapes = [rows, rows], np.array([[2048.0, 1000.0], [2048.0, 1000.0]])
+    stretched = dataset_box_sizes(labels, shapes, 640, seed=0, stretch=True)
+    letterboxed = dataset_box_sizes(labels, shapes, 640, seed=0)
+    factor = np.random.default_rng(0).uniform(0.9, 1.1, size=(2, 1)).repeat(2, 0)  # per image, as the function
+    np.testing.assert_allclose(stretched, np.tile(rows[:, 3:5], (2, 1)) * 640 * factor)  # 640x640 canvas
+    np.testing.assert_allclose(letterboxed, np.tile(rows[:, 3:5], (2, 1)) * [640, 312.5] * factor)  # 640x312.5
+
+
+def test_check_anchors_in_scale_mode_judges_the_stretched_boxes(model):
+    """Anchors that fit the letterboxed boxes of 2048x1000 images exactly miss the same boxes stretched (2x taller)."""
+    rng = np.random.default_rng(1)
+    wh_norm = np.column_stack((rng.uniform(0.095, 0.105, 200), rng.uniform(0.19, 0.21, 200)))
+    labels = [np.column_stack((np.zeros(5), np.full((5, 2), 0.5), wh_norm[i:i + 5])) for i in range(0, 200, 5)]
+    shapes = np.full((len(labels), 2), [2048.0, 1000.0])
+    d = model.detect
+    d.anchors[:] = torch.tensor([64.0, 62.5]) / d.stride.view(-1, 1, 1)  # the letterboxed box size, in pixels
+    assert check_anchors(labels, shapes, model, thr=1.5, imgsz=640) is False  # letterbox: a perfect fit, kept
+    assert check_anchors(labels, shapes, model, thr=1.5, imgsz=640, stretch=True) is True  # 64 x 128: replaced
+    anchors_px = (d.anchors * d.stride.view(-1, 1, 1)).view(-1, 2).numpy()
+    stretched = dataset_box_sizes(labels, shapes, 640, stretch=True)
+    assert best_possible_recall(stretched, anchors_px, 1.5)[0] > 0.98
