@@ -32,6 +32,7 @@ import torch
 from models.loading import load_model
 from utils.checkpoints import load_checkpoint
 from utils.files import atomic_write_text
+from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.cli import exit_on_user_error
 from utils.torch_utils import count_parameters
@@ -122,6 +123,7 @@ def flops_g(model: torch.nn.Module, imgsz: int) -> float:
 
 def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
     model = load_model(weights, "cpu")  # parameters as YOLOv5 reports them (unfused); timing on the fused model
+    imgsz = check_img_size(imgsz, int(model.stride.max()))  # what training and val.py ran at
     return {"model": name, "weights": str(weights), "parameters": count_parameters(model),
             "GFLOPs": round(flops_g(model, imgsz), 2), "mAP@0.5": round(result.map50, 4),
             "mAP@0.5:0.95": round(result.map, 4), "CPU ms/img": round(cpu_latency_ms(model.fuse(), imgsz), 1)}

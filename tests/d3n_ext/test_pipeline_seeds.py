@@ -68,3 +68,16 @@ def test_a_missing_data_yaml_is_one_line_naming_it(module, tmp_path):
     main = {"pipeline": pipeline.main, "ablation": ablation.main}[module]
     with pytest.raises(SystemExit, match=r"^error: .*nope\.yaml: data YAML not found$"):
         main(["--data", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+
+
+def test_table_row_measures_at_the_size_training_rounded_to(tmp_path, tiny_cfg):
+    """--imgsz 200 (NEU-DET's native size) trains at 224; the table's FLOPs and latency use 224 too."""
+    from types import SimpleNamespace
+
+    from models.loading import save_model
+    from models.yolo import Model
+
+    save_model(tmp_path / "m.pt", Model(tiny_cfg))
+    row = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 200)
+    at_224 = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 224)
+    assert row["GFLOPs"] == at_224["GFLOPs"] > 0
