@@ -49,6 +49,7 @@ class PipelineOptions:
     cfg: str = "yolov5n.yaml"  # baseline and student
     teacher_cfg: str = "yolov5n-d3n-lite.yaml"  # same scale + fusion (lite: <= 1.5x the step on CPU)
     controls: bool = True  # also train the self-distilled student (the no-DDPM control)
+    teacher_init: str = "scratch"  # or 'baseline': the teacher starts from the trained baseline's weights
     ddpm_cfg: str = "ddpm-tiny"
     hyp: str = "data/hyps/hyp.cpu-small.yaml"
     optimizer: str = "Adam"
@@ -64,10 +65,25 @@ class PipelineOptions:
     detect_source: str = "data/images"
 
 
-def train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None = None) -> TrainOptions:
+def train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None = None, weights: str = "") -> TrainOptions:
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
-                        project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, extra=extra or {})
+                        project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, extra=extra or {},
+                        weights=weights)
+
+
+TEACHER_INITS = ("scratch", "baseline")
+
+
+def teacher_weights(p: PipelineOptions, baseline: Path) -> str:
+    """--teacher-init: '' (from scratch, like the baseline) or the baseline's best.pt (a warm start).
+
+    A warm start with gated fusion rows makes the teacher exactly the baseline at step 0; it then
+    trains `epochs` more, so compare it with the baseline knowing it had twice the detector training.
+    """
+    if p.teacher_init not in TEACHER_INITS:
+        raise ValueError(f"--teacher-init {p.teacher_init!r}: expected one of {', '.join(TEACHER_INITS)}")
+    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else ""
 
 
 def _finished(run: Path, opt: TrainOptions) -> bool:
@@ -210,6 +226,7 @@ def run(p: PipelineOptions) -> list[dict]:
     from utils.data_config import load_data_config
 
     start, out = time.time(), Path(p.out)
+    teacher_weights(p, out)  # a bad --teacher-init fails now, not after the baseline has trained
     load_data_config(p.data)  # builds the synthetic data on first use
     baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
     runs = [(BASELINE, baseline, None)]
@@ -219,8 +236,8 @@ def run(p: PipelineOptions) -> list[dict]:
         runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, asdict(control)),
                                                  DistillationTask(control), "self-distilled student"), None))
     features = stage1(p)
-    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)}),
-                          D3NTask(features), "teacher")
+    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)},
+                                        teacher_weights(p, baseline)), D3NTask(features), "teacher")
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features),
                              dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
     student = train_stage(train_options(p, "student", p.cfg, asdict(distill)), DistillationTask(distill), "student")

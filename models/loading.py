@@ -33,6 +33,24 @@ def save_model(path: str | Path, model: torch.nn.Module, ema: torch.nn.Module | 
     save_checkpoint(model_payload(model, ema, **extra), path)
 
 
+def _detect_index(state: dict[str, torch.Tensor]) -> str | None:
+    """'model.<i>.' of the Detect head in a state_dict (the row holding the `anchors` buffer)."""
+    return next((k[: -len("anchors")] for k in state if k.startswith("model.") and k.endswith(".anchors")), None)
+
+
+def _detect_renamed(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with its Detect head's keys moved to the row where `own` has its Detect.
+
+    A hybrid teacher's YAML adds rows before Detect (yolov5n's Detect is row 24, yolov5n-d3n's 36), so
+    warm-starting it from a plain checkpoint needs the head matched by role, not by row number.
+    """
+    theirs, ours = _detect_index(state), _detect_index(own)
+    if theirs is None or ours is None or theirs == ours:
+        return state
+    return {(ours + k[len(theirs):] if k.startswith(theirs) else k): v for k, v in state.items()
+            if not k.startswith(ours)}
+
+
 def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int, str]:
     """Load every tensor of `state` whose name and shape fit `model` -> (loaded, model's tensors, first misfit).
 
@@ -40,6 +58,7 @@ def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     partial transfer can say where the two architectures part.
     """
     own = model.state_dict()
+    state = _detect_renamed(state, own)
     fit = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     model.load_state_dict(fit, strict=False)
     misfit = next((k for k in own if k not in fit), None)

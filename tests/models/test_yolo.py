@@ -100,3 +100,20 @@ def test_yaml_args_are_resolved_without_eval(tiny_cfg):
     cfg = _bad(tiny_cfg, "head", 1, [-1, 1, "nn.Upsample", ["None", 2, "__import__('os').system('false')"]])
     with pytest.raises(ModelConfigError, match="head row 1 .*fails on a dry run"):
         Model(cfg)
+
+
+def test_weights_transfer_finds_the_detect_head_by_role_not_row(tiny_cfg):
+    """A YAML with extra rows before Detect (a hybrid teacher) warm-starts from a plain checkpoint, head included."""
+    import copy
+
+    from models.loading import transfer_weights
+
+    torch.manual_seed(0)
+    plain = Model(tiny_cfg).eval()
+    longer = copy.deepcopy(tiny_cfg)
+    longer["head"].insert(-1, [-1, 1, "nn.Identity", []])  # Detect reads absolute rows: it moves one row down
+    other = Model(longer).eval()
+    fit, total, misfit = transfer_weights(other, plain.state_dict())
+    assert (fit, misfit) == (total, "none")
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(other(x)[0], plain(x)[0])
