@@ -1,7 +1,7 @@
 """Feature probe, DDPM-Seg style: do our DDPM features know where the defects are, and at which timestep and level?
 
     python -m d3n_ext.probe --repo runs/features/exp --data data/synth-defects.yaml
-    python -m d3n_ext.probe --repo runs/pipeline/exp/features --data data/NEU-DET.yaml --split test --out runs/probe/neu
+    python -m d3n_ext.probe --repo runs/pipeline/exp/features --data data/NEU-DET.yaml --out runs/probe/neu
 
 --repo is a stage-1 output folder (`extract_features.py all --out`, or a pipeline's `<out>/features`): the
 latent repository with the DDPM and compressor weights it was built with. On every level (P3, P4, P5 grid
@@ -12,6 +12,8 @@ images: mIoU and mean per-cell AP over the defect classes, and defect-vs-backgro
 the class). Sources: `ddpm-decoded` (the repository latents decoded: what the teacher sees), `ddpm-raw`
 (the DDPM's own taps: what compression loses) and three controls: `random-unet` (the same architecture
 untrained), `image-pooled` (grey level per cell) and `image-patches` (the cell's k×k grey pixels).
+Per level, the summary names the best DDPM row and its margin over the best control in defect AP: compare
+runs on stage-1 folders of other presets, training lengths or timesteps to choose them.
 Writes probe.md and probe.json under --out (runs/probe/exp, exp2, ...).
 """
 
@@ -42,7 +44,7 @@ from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger(__name__)
 
-RANK_BY = "cell AP"  # the threshold-free per-class score the summary compares
+RANK_BY = "defect AP"  # the summary's score: the probe's question is *where* the defects are
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _describe(row: dict) -> str:
 
 
 def level_summary(rows: list[dict], level: str) -> str:
-    """Which source is best on a level, and by how much its DDPM features beat the best control (by cell AP)."""
+    """Which source is best on a level, and by how much its DDPM features beat the best control (by RANK_BY)."""
     ours = [r for r in rows if r["level"] == level and not r["control"]]
     controls = [r for r in rows if r["level"] == level and r["control"]]
     if not ours or not controls:
@@ -158,14 +160,16 @@ def level_summary(rows: list[dict], level: str) -> str:
 
 def format_report(result: dict) -> str:
     """probe.md: the settings, the chance levels, one row per source × level × timestep, the summary."""
+    p = result["settings"]["probe"]
     lines = [f"Feature probe of {result['repo']} on {result['data']}: linear 1×1 probes fitted on "
-             f"{result['train_images']} train images, scored on {result['eval_images']} {result['split']} images.", ""]
+             f"{result['train_images']} train images ({p['epochs']} epochs × {p['batches']} Adam steps, lr {p['lr']}, "
+             f"seed {p['seed']}), scored on {result['eval_images']} {result['split']} images.", ""]
     lines += [f"- {lv['name']} {lv['grid'][0]}×{lv['grid'][1]}: {lv['train_cells']} train / {lv['eval_cells']} scored"
               f" cells, defect share {lv['defect_share']:.3f} (the chance defect AP)" for lv in result["levels"]]
     lines += ["", "| source | level | t | channels | mIoU | cell AP | defect AP |", "|---|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['source']}{' (control)' if r['control'] else ''} | {r['level']} | {r['timestep']} | {r['channels']}"
               f" | {r['mIoU']:.3f} | {r['cell AP']:.3f} | {r['defect AP']:.3f} |" for r in result["rows"]]
-    return "\n".join(lines + ["", *result["summary"], ""])
+    return "\n".join(lines + ["", f"Best per level by {RANK_BY}:", *result["summary"], ""])
 
 
 def split_inputs(data: DataConfig, split: str, repo: LatentRepository,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 @dataclass
 class ProbeSettings:
     epochs: int = 30  # passes over the train cells
-    batch_size: int = 1024  # cells per Adam step
+    batches: int = 10  # Adam steps per epoch (cells / batches per step): 300 steps converge at any cell count
     lr: float = 0.01  # Adam, constant
     weight_decay: float = 1e-4  # keeps the weights finite on separable cells
     seed: int = 0  # cell order of the mini-batches
@@ -56,8 +56,9 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, s: ProbeSet
     weights = class_weights(y.cpu(), classes).to(x.device)
     opt = torch.optim.Adam(probe.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     generator = torch.Generator().manual_seed(s.seed)
+    batch_size = max(1, -(-len(x) // s.batches))
     for _ in range(s.epochs):
-        for idx in torch.randperm(len(x), generator=generator).split(s.batch_size):
+        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             idx = idx.to(x.device)
             loss = F.cross_entropy(probe(x[idx]), y[idx], weight=weights)
             opt.zero_grad(set_to_none=True)
