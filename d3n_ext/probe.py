@@ -44,6 +44,7 @@ from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger(__name__)
 
+METRICS = ("mIoU", "cell AP", "defect AP")
 RANK_BY = "defect AP"  # the summary's score: the probe's question is *where* the defects are
 
 
@@ -142,8 +143,8 @@ def _rank(row: dict) -> float:
 
 
 def _describe(row: dict) -> str:
-    return (f"{row['source']} t={row['timestep']} ({RANK_BY} {row[RANK_BY]:.3f}, mIoU {row['mIoU']:.3f}, "
-            f"defect AP {row['defect AP']:.3f})")
+    scores = ", ".join(f"{m} {row[m]:.3f}" for m in (RANK_BY, *(m for m in METRICS if m != RANK_BY)))
+    return f"{row['source']} t={row['timestep']} ({scores})"
 
 
 def level_summary(rows: list[dict], level: str) -> str:
