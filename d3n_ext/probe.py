@@ -175,11 +175,11 @@ def format_report(result: dict) -> str:
 
 def split_inputs(data: DataConfig, split: str, repo: LatentRepository,
                  check_repo: bool) -> tuple[list[Path], list[np.ndarray]]:
-    """A split's image files and boxes, checked up front: labels present, every image in the repository."""
+    """A split's readable image files and boxes, checked up front: labels present, every image in the repository."""
     paths = data.images(split)
     if not paths:
         raise ValueError(f"{data.yaml_path}: the '{split}' split has no images")
-    boxes = read_boxes(paths, data.nc, split)
+    paths, boxes = read_boxes(paths, data.nc, split)
     if check_repo:
         for p in paths:
             if repo.key_of(p) not in repo:

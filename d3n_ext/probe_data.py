@@ -22,7 +22,7 @@ from d3n_ext.stage1_checkpoints import load_ddpm
 from d3n_ext.stage1_config import FeatureConfig
 from d3n_ext.unet import UNet, UNetConfig
 from utils.data_config import DataConfigError, img2label_paths
-from utils.dataloaders import parse_label_text
+from utils.dataloaders import log_scan_summary, scan_labels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,26 +31,23 @@ CONTROLS = ("random-unet", "image-pooled", "image-patches")
 NO_TIMESTEP = "-"
 
 
-def read_boxes(image_paths: list[Path], nc: int, split: str) -> list[np.ndarray]:
-    """Per image (k, 5) float32 [cls, x, y, w, h] (normalised) from its YOLO label file.
+def read_boxes(image_paths: list[Path], nc: int, split: str) -> tuple[list[Path], list[np.ndarray]]:
+    """The split's readable images and per image (k, 5) float32 [cls, x, y, w, h] (normalised).
 
-    An image without a label file has no defects (YOLOv5's rule), but a split without any label
-    file is a mistake: the probe has nothing to learn from, so it stops and names the folder.
+    Read by training's label scan (its cache, its rules: BOM, bad rows, undecodable images skipped
+    with the same warnings). An image without a label file has no defects (YOLOv5's rule), but a
+    split without any label file is a mistake: the probe has nothing to learn from, so it stops
+    and names the folder.
     """
     label_files = img2label_paths(image_paths)
     if not any(f.is_file() for f in label_files):
         raise DataConfigError(f"{label_files[0].parent}: no YOLO label files for the {len(image_paths)} "
                               f"'{split}' images (the probe needs boxes)")
-    boxes = []
-    for f in label_files:
-        if not f.is_file():
-            boxes.append(np.zeros((0, 5), np.float32))
-            continue
-        labels, messages = parse_label_text(f.read_text(), f, nc)
-        for message in messages:
-            LOGGER.warning(message)
-        boxes.append(labels)
-    return boxes
+    entries, _ = scan_labels(list(image_paths), label_files, nc, f"{split}: ")
+    log_scan_summary(entries, f"{split}: ")
+    kept = [(p, np.asarray(e["labels"], np.float32).reshape(-1, 5)) for p, e in zip(image_paths, entries)
+            if e["status"] != "corrupt"]
+    return [p for p, _ in kept], [b for _, b in kept]
 
 
 def _covered(centres: np.ndarray, lo: float, hi: float, mid: float) -> np.ndarray:
