@@ -20,8 +20,6 @@ from utils.logging import set_logging
 from utils.trainer import StopTraining, Trainer, TrainOptions
 from models.yolo import ModelConfigError, load_model_yaml, reads_side_inputs
 
-DEFAULT_CFG = "yolov5s.yaml"  # the model trained when neither --cfg nor --weights names one
-
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")
 
@@ -80,7 +78,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     resume = resolve_resume(args.resume, args.project)
     values = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
     if not values.get("cfg") and not values.get("weights"):
-        values["cfg"] = DEFAULT_CFG
+        values["cfg"] = TrainOptions.cfg  # yolov5s, when neither --cfg nor --weights names a model
     if resume:
         saved = load_checkpoint(resume, expect="detector").get("train_opts") or {}
         if not saved:

@@ -18,6 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from models.yolo import reads_side_inputs
 from train import add_train_flags, options_from_args, run_training
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
@@ -45,9 +46,7 @@ def teacher_repository(teacher: str) -> str:
         ckpt = load_checkpoint(teacher, expect="detector")
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-    model_yaml = ckpt.get("model_yaml") or {}
-    rows = [r for section in ("backbone", "head") for r in model_yaml.get(section) or []]
-    if not any(isinstance(r, list) and len(r) == 4 and r[2] == "SideInput" for r in rows):
+    if not reads_side_inputs(ckpt.get("model_yaml") or {}):
         return ""  # a plain teacher: self-distillation, no latents
     repo = (ckpt.get("task") or {}).get("repository") or ""
     if not repo:

@@ -92,7 +92,7 @@ class AblationOptions:
     kv_tokens: int = 64
 
 
-def run_row(a: AblationOptions, row: AblationRow, latents: Path) -> dict:
+def run_row(a: AblationOptions, row: AblationRow, latents: Path, split: str) -> dict:
     """Train (or reuse) the row's teacher and validate it."""
     from d3n_ext.task import D3NTask
 
@@ -107,7 +107,7 @@ def run_row(a: AblationOptions, row: AblationRow, latents: Path) -> dict:
         atomic_write_text(cfg_path, text)
     opt = train_options(p, row.run_name, str(cfg_path), {"latents": str(latents)})
     run = train_stage(opt, D3NTask(latents), f"table {row.table}: {row.label}")
-    result = evaluate_run(p, row.label, run, latents, report_split(p.data))
+    result = evaluate_run(p, row.label, run, latents, split)
     return {"table": row.table, "row": row.label, "run": row.run_name, **result,
             "paper NEU-DET mAP@0.5": PAPER_NEU_DET[row.key]}
 
@@ -138,9 +138,10 @@ def run(a: AblationOptions) -> list[dict]:
     rows = [r for t in a.tables for r in TABLE_ROWS[t]]
     load_data_config(p.data)
     baseline_run = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
-    baseline = evaluate_run(p, "baseline", baseline_run, None, report_split(p.data))
+    split = report_split(p.data)
+    baseline = evaluate_run(p, "baseline", baseline_run, None, split)
     latents = {compressor: stage1(p, compressor) for compressor in dict.fromkeys(r.compressor for r in rows)}
-    results = [run_row(a, row, latents[row.compressor]) for row in rows]
+    results = [run_row(a, row, latents[row.compressor], split) for row in rows]
     text = format_ablation(results, baseline, p)
     atomic_write_text(out / "ablation.md", text)
     atomic_write_text(out / "ablation.json", json.dumps({"baseline": baseline, "rows": results}, indent=2))

@@ -174,7 +174,7 @@ class DistillationTask(DetectionTask):
     def loss(self, preds, targets, imgs, extras):
         gt_loss, gt_items = self.compute_loss(preds, targets)
         with torch.no_grad():
-            teacher_raw = (self.teacher(imgs, extras) if self.teacher.side_inputs else self.teacher(imgs))[1]
+            teacher_raw = super().forward(self.teacher, imgs, extras)[1]  # latents only for a hybrid teacher
         o = self.options
         terms = distillation_terms(preds, teacher_raw, o.dist_loss, o.temperature, o.obj_scaled)
         g = self.compute_loss.gains

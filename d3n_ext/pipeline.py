@@ -166,13 +166,18 @@ def format_table(rows: list[dict], imgsz: int, split: str = "val") -> str:
     return head + body + note + "".join(f"\n{line}" for line in contribution_lines(rows))
 
 
+# the margins that carry the claim: (line under a table, key of the seed summary, model, minus model)
+MARGINS = (("D3N student − baseline", "D3N student − baseline", STUDENT, BASELINE),
+           ("DDPM contribution = D3N student − self-distilled student",
+            "DDPM contribution (D3N − self-distilled student)", STUDENT, SELF_DISTILLED),
+           ("teacher − baseline", "teacher − baseline", TEACHER, BASELINE))
+
+
 def contribution_lines(rows: list[dict]) -> list[str]:
     """'D3N student − baseline' and, with the control, 'DDPM contribution = D3N student − self-distilled student'."""
     m = {r["model"]: r for r in rows}
     lines = []
-    for label, a, b in (("D3N student − baseline", STUDENT, BASELINE),
-                        ("DDPM contribution = D3N student − self-distilled student", STUDENT, SELF_DISTILLED),
-                        ("teacher − baseline", TEACHER, BASELINE)):
+    for label, _, a, b in MARGINS:
         if a in m and b in m:
             lines.append(f"{label}: {m[a]['mAP@0.5'] - m[b]['mAP@0.5']:+.3f} mAP@0.5, "
                          f"{m[a]['mAP@0.5:0.95'] - m[b]['mAP@0.5:0.95']:+.3f} mAP@0.5:0.95")
@@ -310,11 +315,6 @@ def _stats(values: list[float]) -> dict:
             "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
 
 
-MARGINS = (("D3N student − baseline", STUDENT, BASELINE),
-           ("DDPM contribution (D3N − self-distilled student)", STUDENT, SELF_DISTILLED),
-           ("teacher − baseline", TEACHER, BASELINE))
-
-
 def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
     """Mean ± sd of each model's mAP over seeds, and per seed the margins that carry the claim (mAP@0.5)."""
     models = [r["model"] for r in next(iter(per_seed.values()))]
@@ -322,7 +322,7 @@ def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
     summary = {"seeds": list(per_seed), "models": {m: {k: _stats([value(rows, m, k) for rows in per_seed.values()])
                                                        for k in ("mAP@0.5", "mAP@0.5:0.95")} for m in models},
                "margins": {}}
-    for label, a, b in MARGINS:
+    for _, label, a, b in MARGINS:
         if a in models and b in models:
             diffs = [round(value(rows, a, "mAP@0.5") - value(rows, b, "mAP@0.5"), 4) for rows in per_seed.values()]
             summary["margins"][label] = {**_stats(diffs), "ahead": f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds"}
