@@ -3,8 +3,8 @@
     python train.py --data data/synth-defects.yaml --cfg yolov5n.yaml --imgsz 160 --epochs 30
     torchrun --nproc_per_node 2 train.py ...   # DDP (gloo on CPU, nccl on GPU)
 
-D3N teacher (hybrid) models train with --cfg models/yolov5s-d3n.yaml --latents <feature repository>.
-Results go to runs/train/exp<N>/.
+Models that read side inputs take their plug-in's flags (plugins.yaml; e.g. D3N's hybrid teacher:
+--cfg models/yolov5s-d3n.yaml --latents <feature repository>). Results go to runs/train/exp<N>/.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
+from engine.plugins import add_plugin_flags, apply_input_rules, load_plugins
+from models.yolo import ModelConfigError, load_model_yaml
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
+from utils.tasks import DetectionTask, task_from_state, training_task
 from utils.trainer import StopTraining, Trainer, TrainOptions
-from models.yolo import ModelConfigError, load_model_yaml, reads_side_inputs
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")
@@ -83,66 +85,55 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         saved = load_checkpoint(resume, expect="detector").get("train_opts") or {}
         if not saved:
             raise SystemExit(f"error: {resume}: has no training state to resume (a stripped final checkpoint?)")
+        unknown = set(saved) - {f.name for f in fields(TrainOptions)}
+        if unknown:
+            raise SystemExit(f"error: {resume}: saved by another version (options {sorted(unknown)}); "
+                             f"start a new run with --weights {resume}")
         values = {**saved, "device": args.device, "workers": args.workers, "quiet": args.quiet}
     values["resume"] = resume
     return TrainOptions(**values)
 
 
-def run_training(opt: TrainOptions, task=None) -> Path:
+def run_training(opt: TrainOptions, task: DetectionTask | None = None) -> Path:
     """Train and return the run directory; user errors become one-line exits."""
     return exit_on_user_error(lambda: Trainer(opt, task).train(), extra=(StopTraining,))
 
 
-def model_reads_side_inputs(opt: TrainOptions) -> bool:
-    """Whether the model to train (--cfg, else the --weights checkpoint's) has SideInput rows (a D3N teacher).
-
-    Unreadable YAMLs and checkpoints are left for the trainer to report.
-    """
+def model_yaml_of(args: argparse.Namespace) -> dict | None:
+    """The YAML of the model to train (--cfg, else the --weights checkpoint's); unreadable ones are left for
+    the trainer to report."""
     try:
-        d = load_model_yaml(opt.cfg)[0] if opt.cfg else load_checkpoint(opt.weights, expect="detector")["model_yaml"]
-        return reads_side_inputs(d)
-    except (ModelConfigError, CheckpointError, KeyError, AttributeError):
-        return False
-
-
-def teacher_task(opt: TrainOptions):
-    """The D3N hybrid task when the run has a feature repository; the plug-in is imported only then."""
-    if "teacher" in opt.extra:
-        raise SystemExit(f"error: {opt.resume or 'this run'}: a distillation run; resume it with train_distill.py")
-    latents = opt.extra.get("latents")
-    if not latents:
-        if not opt.resume and model_reads_side_inputs(opt):
-            raise SystemExit(f"error: {opt.cfg or opt.weights}: this model reads side inputs (a D3N teacher): "
-                             "pass --latents <repository>")
+        if args.cfg or not args.weights:
+            return load_model_yaml(args.cfg or TrainOptions.cfg)[0]
+        return load_checkpoint(args.weights, expect="detector")["model_yaml"]
+    except (ModelConfigError, CheckpointError, KeyError, TypeError):
         return None
-    from d3n_ext.task import D3NTask
-
-    try:
-        return D3NTask(latents, plots=not opt.noplots)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+def task_for(args: argparse.Namespace, script: str = "train") -> tuple[TrainOptions, DetectionTask]:
+    """The run's options and task: rebuilt from the checkpoint on --resume, else from the flags and plug-ins."""
+    if args.resume:
+        opt = options_from_args(args)
+        if script == "train" and opt.task == "distill":
+            raise SystemExit(f"error: {opt.resume}: a distillation run; resume it with train_distill.py")
+        return opt, task_from_state(opt.task, opt.task_state, args, source=opt.resume)
+    task = training_task(args, model_yaml_of(args), script)
+    apply_input_rules(args, task.rules, args.cfg or args.weights or "the model")
+    return options_from_args(args), task
+
+
+def parse_opt(argv: list[str] | None = None, script: str = "train") -> argparse.Namespace:
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
-    parser.add_argument("--latents", default="", help="feature repository (extract_features.py) read by a D3N "
-                        "model YAML: trains the hybrid teacher")
-    return parser.parse_args(argv)
+    return add_plugin_flags(parser, script).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
+    exit_on_user_error(load_plugins)
     args = parse_opt(argv)
     set_logging(not args.quiet)
-    if args.latents and not args.resume:
-        args.extra = {"latents": args.latents}
-        if not args.scale:
-            LOGGER.warning("WARNING: the latents describe the whole stretched image: turning on --scale")
-            args.scale = True
-    opt = exit_on_user_error(lambda: options_from_args(args))
-    if args.latents and opt.resume:
-        opt.extra = {**opt.extra, "latents": args.latents}  # the repository may have moved since
-    return run_training(opt, teacher_task(opt))
+    opt, task = exit_on_user_error(lambda: task_for(args))
+    return run_training(opt, task)
 
 
 if __name__ == "__main__":

@@ -13,32 +13,19 @@ import argparse
 import logging
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from utils.backends import load_backend
+from engine.plugins import add_plugin_flags, load_plugins, side_inputs_for
+from engine.validate import ValidationRun, load_eval_model, validate
 from utils.cli import exit_on_user_error
-from utils.data_config import DataConfig, load_data_config
-from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.data_config import load_data_config
 from utils.files import increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.torch_utils import select_device
-from utils.validator import ValOptions, ValResult, run_validation
+from utils.validator import ValOptions, ValResult
 
 LOGGER = logging.getLogger("val")
 ROOT = Path(__file__).resolve().parent
 SPEED_CONF, SPEED_IOU = 0.25, 0.45  # --task speed: the thresholds of deployment, as YOLOv5
-RECT_PAD = 0.5  # rect batches get half a stride of border, as YOLOv5's val
-
-
-def make_dataset_hook(latents: Path, model, weights: Path) -> tuple[type, dict]:
-    """(dataset class, its extra kwargs) that feed a D3N teacher's side inputs from `latents`.
-
-    The D3N plug-in provides this, imported only here; the core never imports it.
-    """
-    from d3n_ext.task import teacher_dataset_hook
-
-    return teacher_dataset_hook(latents, model, str(weights))
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,10 +55,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
     p.add_argument("--scale", action="store_true",
                    help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
-    p.add_argument("--latents", type=Path, default=None,
-                   help="feature repository of a D3N teacher (needs the d3n_ext plug-in)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    return p.parse_args(argv)
+    return add_plugin_flags(p, "val").parse_args(argv)
 
 
 def val_options(opt: argparse.Namespace) -> ValOptions:
@@ -83,58 +68,24 @@ def val_options(opt: argparse.Namespace) -> ValOptions:
                       verbose=opt.verbose, half=opt.half, speed_only=speed)
 
 
-def build_loader(opt: argparse.Namespace, data: DataConfig, stride: int,
-                 plugin: tuple[type, dict] | None, rect: bool = True) -> DataLoader:
-    """The split's loader: rect batches padded by half a stride (letterbox), or stretched (--scale).
-
-    `plugin` is (dataset class, its kwargs) from make_dataset_hook, for models with side inputs.
-    `rect=False` letterboxes to imgsz squares: static-shape exports take one input size.
-    """
-    split = "val" if opt.task == "speed" else opt.task
-    dataset_cls, dataset_kwargs = LoadImagesAndLabels, ({} if opt.scale else {"pad": RECT_PAD})
-    if plugin is not None:
-        dataset_cls, extra = plugin
-        dataset_kwargs.update(extra)
-    loader, _ = create_dataloader(data.images(split), opt.imgsz, opt.batch_size, stride, rect=rect and not opt.scale,
-                                  scale_mode=opt.scale, workers=opt.workers, shuffle=False,
-                                  single_cls=opt.single_cls, nc=data.nc, prefix=f"{split}: ",
-                                  dataset_cls=dataset_cls, dataset_kwargs=dataset_kwargs)
-    return loader
-
-
 def run(opt: argparse.Namespace) -> ValResult:
-    """Check the cheap inputs first, load the checkpoint and the split, evaluate; outputs in project/name<N>."""
+    """Check the cheap inputs first, load the model and its side inputs, evaluate; outputs in project/name<N>."""
     if opt.augment:
         raise SystemExit("error: --augment (test-time augmentation) is not supported")
     check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
-    data = load_data_config(opt.data)
-    if opt.latents is not None:
-        import d3n_ext  # noqa: F401  (registers the teacher's blocks before its checkpoint is rebuilt)
-
-        if not opt.scale:
-            LOGGER.warning("WARNING: a D3N teacher reads latents of the whole stretched image: turning on --scale")
-            opt.scale = True
-    device = select_device(opt.device)
-    model = load_backend(opt.weights, device, fuse=True)
-    if opt.half and device.type == "cuda":
-        model.half()
-    if model.side_inputs and opt.latents is None:
-        raise SystemExit(f"error: {opt.weights}: this model needs side inputs {sorted(model.side_inputs)} "
-                         "(a D3N teacher): pass --latents <feature repository>")
-    if not opt.single_cls and len(model.names) != data.nc:
-        raise ValueError(f"{opt.weights}: model has {len(model.names)} classes but {opt.data} has {data.nc}")
-    names = ["item"] if opt.single_cls else data.names
-    plugin = make_dataset_hook(opt.latents, model, opt.weights) if opt.latents is not None else None
-    stride = max(int(model.stride.max()), 32)
-    opt.imgsz = check_img_size(opt.imgsz, stride)
-    loader = build_loader(opt, data, stride, plugin, rect=getattr(model, "fixed_hw", None) is None)
-    save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    result = run_validation(model, loader, names, save_dir, val_options(opt), device=device)
-    LOGGER.info("Results saved to %s", save_dir)
+    load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
+    job = ValidationRun(opt.weights, opt.data, "val" if opt.task == "speed" else opt.task, opt.imgsz,
+                         opt.batch_size, opt.scale, opt.device, opt.workers)
+    model = load_eval_model(opt.weights, select_device(opt.device), opt.half)
+    inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
+    job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    result = validate(job, val_options(opt), inputs, model)
+    LOGGER.info("Results saved to %s", job.save_dir)
     return result
 
 
 def main(argv: list[str] | None = None) -> ValResult:
+    exit_on_user_error(load_plugins)
     opt = parse_opt(argv)
     set_logging(not opt.quiet)
     return exit_on_user_error(lambda: run(opt))

@@ -1,7 +1,8 @@
-"""D3N plug-in: diffusion features for a YOLOv5 teacher, registered into the core's YAML block registry.
+"""D3N plug-in: diffusion features for a YOLOv5 teacher, joined to the core through `engine.plugins`.
 
-Importing this package registers its blocks (FeatureMapper, FreqFilter, CrossFusion and the fusion
-baselines) so model YAMLs can name them; the core (`models/`, `utils/`) never imports it.
+`plugins.yaml` lists this package; importing it registers its YAML blocks (FeatureMapper, FreqFilter,
+CrossFusion and the fusion baselines), its training tasks (the hybrid teacher, distillation) and the
+plug-in that supplies a teacher's latents (`d3n_ext.plugin`). The core and the scripts never name it.
 """
 
-from d3n_ext import feature_mapper, fusion  # noqa: F401  (register the FeatureMapper and fusion blocks)
+from d3n_ext import feature_mapper, fusion, plugin  # noqa: F401  (registration happens on import)

@@ -23,6 +23,8 @@ import yaml
 
 from d3n_ext.binding import row_module, yaml_rows
 from d3n_ext.fusion import FUSION_VARIANTS, fusion_row
+from d3n_ext.task import D3NTask
+from d3n_ext.teacher_inputs import RepositoryInputs
 from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, report_split,
                               stage1, train_options, train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
@@ -92,10 +94,8 @@ class AblationOptions:
     kv_tokens: int = 64
 
 
-def run_row(a: AblationOptions, row: AblationRow, latents: Path, split: str) -> dict:
+def run_row(a: AblationOptions, row: AblationRow, latents: RepositoryInputs, split: str) -> dict:
     """Train (or reuse) the row's teacher and validate it."""
-    from d3n_ext.task import D3NTask
-
     p, out = a.pipeline, Path(a.pipeline.out)
     run_dir = out / row.run_name
     cfg_path = run_dir / "model.yaml"
@@ -105,8 +105,8 @@ def run_row(a: AblationOptions, row: AblationRow, latents: Path, split: str) -> 
     if not cfg_path.is_file() or cfg_path.read_text() != text:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, text)
-    opt = train_options(p, row.run_name, str(cfg_path), {"latents": str(latents)})
-    run = train_stage(opt, D3NTask(latents), f"table {row.table}: {row.label}")
+    task = D3NTask(latents)
+    run = train_stage(train_options(p, row.run_name, str(cfg_path), task), task, f"table {row.table}: {row.label}")
     result = evaluate_run(p, row.label, run, latents, split)
     return {"table": row.table, "row": row.label, "run": row.run_name, **result,
             "paper NEU-DET mAP@0.5": PAPER_NEU_DET[row.key]}
@@ -140,7 +140,7 @@ def run(a: AblationOptions) -> list[dict]:
     baseline_run = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
     split = report_split(p.data)
     baseline = evaluate_run(p, "baseline", baseline_run, None, split)
-    latents = {compressor: stage1(p, compressor) for compressor in dict.fromkeys(r.compressor for r in rows)}
+    latents = {compressor: RepositoryInputs.open(stage1(p, compressor)) for compressor in dict.fromkeys(r.compressor for r in rows)}
     results = [run_row(a, row, latents[row.compressor], split) for row in rows]
     text = format_ablation(results, baseline, p)
     atomic_write_text(out / "ablation.md", text)

@@ -18,23 +18,28 @@ outputs) against the student's, which have the same widths, so no adapter is nee
     loss  += bs * dist_feat * D_feat
 
 A teacher without side inputs (a trained plain YOLOv5) is the self-distillation control: the same
-task, the same terms, no DDPM.
+task, the same terms, no DDPM. train_distill.py runs this task (the plug-in adds its flags).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from d3n_ext.teacher_inputs import RepositoryInputs
+from engine.plugins import InputRules
 from models.loading import build_from_checkpoint
+from models.yolo import reads_side_inputs
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
-from utils.tasks import DetectionTask
+from utils.tasks import DetectionTask, register_task
+from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +61,38 @@ class DistillOptions:
             raise ValueError(f"--temperature {self.temperature}: must be positive")
         if self.dist_feat < 0:
             raise ValueError(f"--dist-feat {self.dist_feat}: must be >= 0")
+
+
+def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """train_distill.py's own flags (the plug-in adds them; --latents is the plug-in's shared flag)."""
+    p.add_argument("--teacher", default="", help="teacher checkpoint: a hybrid (train.py --latents ...) or a plain YOLOv5")
+    p.add_argument("--dist-lambda", type=float, default=1.0, help="weight lambda of the distillation terms (eq. 7)")
+    p.add_argument("--dist-loss", choices=["l2", "kl"], default="l2", help="distance: l2 (paper) or kl on classes")
+    p.add_argument("--temperature", type=float, default=20.0, help="softening temperature; used by --dist-loss kl only")
+    p.add_argument("--obj-scaled", action="store_true", help="also scale the objectness term by the teacher's objectness")
+    p.add_argument("--dist-feat", type=float, default=0.0,
+                   help="weight of feature-level distillation of the maps Detect reads (0 = outputs only)")
+    return p
+
+
+def teacher_repository(teacher: str) -> str:
+    """The repository a hybrid teacher was trained with, as recorded in its checkpoint; '' for a plain YOLOv5."""
+    ckpt = load_checkpoint(teacher, expect="detector")
+    if not reads_side_inputs(ckpt.get("model_yaml") or {}):
+        return ""  # a plain teacher: self-distillation, no latents
+    repo = (ckpt.get("task") or {}).get("repository") or ""
+    if not repo:
+        raise ValueError(f"{teacher}: records no feature repository; pass --latents")
+    return str(repo)
+
+
+def distill_options(args: argparse.Namespace) -> DistillOptions:
+    """DistillOptions from train_distill.py's flags; a hybrid teacher's repository defaults to its own."""
+    if not args.teacher:
+        raise ValueError("--teacher is required (a hybrid D3N checkpoint, or a plain YOLOv5 for self-distillation)")
+    values = {f.name: getattr(args, f.name) for f in fields(DistillOptions) if hasattr(args, f.name)}
+    values["latents"] = args.latents or teacher_repository(args.teacher)
+    return DistillOptions(**values)
 
 
 def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor], dist_loss: str = "l2",
@@ -123,40 +160,49 @@ def load_teacher(path: str | Path, device: torch.device) -> torch.nn.Module:
     return model
 
 
+@register_task
 class DistillationTask(DetectionTask):
     """Student training with ground truth plus the frozen teacher's predictions on the same batch."""
 
+    kind = "distill"
     loss_names = ("box_loss", "obj_loss", "cls_loss", "dist_loss")
 
-    def __init__(self, options: DistillOptions):
+    def __init__(self, options: DistillOptions, inputs: RepositoryInputs | None = None):
+        """`inputs`: the teacher's repository already opened (else opened from options.latents)."""
         self.options = options
         self.teacher: torch.nn.Module | None = None
         self.hooks: tuple[DetectInputs, DetectInputs] | None = None
-        if options.latents:
-            from d3n_ext.latent_dataset import LatentDataset
+        self.inputs = inputs if inputs is not None or not options.latents else RepositoryInputs.open(options.latents)
+        self.rules = self.inputs.rules if self.inputs else InputRules()
 
-            self.dataset_cls = LatentDataset
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace) -> "DistillationTask":
+        return cls(distill_options(args))
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self.options)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args=None) -> "DistillationTask":
+        """On --resume a --latents given again wins: the repository may have moved since."""
+        return cls(DistillOptions(**{**state, "latents": getattr(args, "latents", "") or state.get("latents", "")}))
 
     def _teacher(self, device: torch.device) -> torch.nn.Module:
         if self.teacher is None:
             self.teacher = load_teacher(self.options.teacher, device)
-            if self.teacher.side_inputs and not self.options.latents:
+            if self.teacher.side_inputs and self.inputs is None:
                 raise ValueError(f"{self.options.teacher}: this teacher is a D3N hybrid that reads latents; "
                                  "pass the feature repository it was trained with (--latents)")
-            if self.options.latents:
-                from d3n_ext.binding import check_bound_to
-                from d3n_ext.repository import LatentRepository
-
-                if not self.teacher.side_inputs:
-                    raise ValueError(f"{self.options.teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
-                check_bound_to(self.teacher.yaml, LatentRepository(self.options.latents), self.options.teacher)
+            if self.inputs is not None and not self.teacher.side_inputs:
+                raise ValueError(f"{self.options.teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
         return self.teacher
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         teacher = self._teacher(next(model.parameters()).device)
-        if not self.options.latents:
+        if self.inputs is None:
             return {}
-        return {"repository": Path(self.options.latents), "side_inputs": teacher.side_inputs}
+        self.dataset_cls, kwargs = self.inputs.dataset(teacher, self.options.teacher)
+        return kwargs
 
     def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
         """After AutoAnchor has run on the student: only then are its anchors final."""
@@ -164,8 +210,6 @@ class DistillationTask(DetectionTask):
         self.teacher = self._teacher(device).to(device)
         check_same_head(model, self.teacher, self.options.teacher)
         if self.options.dist_feat > 0 and self.hooks is None:
-            from utils.torch_utils import de_parallel
-
             self.hooks = (DetectInputs(de_parallel(model).detect), DetectInputs(self.teacher.detect))
 
     def forward(self, model: torch.nn.Module, imgs: torch.Tensor, extras: dict[str, torch.Tensor]):

@@ -9,7 +9,6 @@ stored float16 latents; the decoders run on the training device (Fig. 5).
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,20 +20,15 @@ from d3n_ext.repository import LatentRepository, RepositoryError
 from utils.dataloaders import LoadImagesAndLabels
 from utils.files import file_hash
 
-LOGGER = logging.getLogger(__name__)
-
 
 class LatentDataset(LoadImagesAndLabels):
     """`side_inputs` {name: (channels, stride)} is the model's (Model.side_inputs); the rest as the base class."""
 
-    def __init__(self, img_files: list[Path], *, repository: str | Path, side_inputs: dict[str, tuple[int, int]],
-                 **kwargs) -> None:
-        self.repository = LatentRepository(repository)
+    def __init__(self, img_files: list[Path], *, repository: LatentRepository | str | Path,
+                 side_inputs: dict[str, tuple[int, int]], **kwargs) -> None:
+        self.repository = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
         self.level_of = levels_by_stride(side_inputs, self.repository)  # name -> repository level
         self.extra_strides = {name: stride for name, (_, stride) in side_inputs.items()}
-        if not kwargs.get("scale_mode", False):
-            LOGGER.warning("%sthe latents describe the whole stretched image; letterboxed inputs get them placed "
-                           "with zero padding, unlike the paper: pass --scale", kwargs.get("prefix", ""))
         super().__init__(img_files, **kwargs)
         self.keys = self._repository_keys()
 

@@ -29,14 +29,24 @@ from pathlib import Path
 
 import torch
 
+from d3n_ext.distill import DistillationTask, DistillOptions
+from d3n_ext.task import D3NTask
+from d3n_ext.teacher_inputs import RepositoryInputs
+from engine.plugins import SideInputs
+from engine.predict import OutputOptions, predict
+from engine.predictor import PredictOptions
+from engine.tasks import DetectionTask
+from engine.trainer import StopTraining, Trainer, TrainOptions
+from engine.validate import ValidationRun, validate
+from engine.validator import ValOptions
 from models.loading import load_model
 from utils.checkpoints import load_checkpoint
-from utils.files import atomic_write_text
+from utils.cli import exit_on_user_error
+from utils.data_config import load_data_config
+from utils.files import atomic_write_text, increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
-from utils.cli import exit_on_user_error
 from utils.torch_utils import count_parameters
-from utils.trainer import StopTraining, Trainer, TrainOptions
 
 LOGGER = logging.getLogger("d3n_ext.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +75,13 @@ class PipelineOptions:
     detect_source: str = "data/images"
 
 
-def train_options(p: PipelineOptions, name: str, cfg: str, extra: dict | None = None, weights: str = "") -> TrainOptions:
+def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask | None = None,
+                  weights: str = "") -> TrainOptions:
+    task = task or DetectionTask()
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
-                        project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, extra=extra or {},
-                        weights=weights)
+                        project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, task=task.kind,
+                        task_state=task.state(), weights=weights)
 
 
 TEACHER_INITS = ("scratch", "baseline")
@@ -184,15 +196,13 @@ def contribution_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, latents: Path | None, split: str = "val") -> dict:
-    """val.py on the run's best.pt over `split` (the hybrid reads `latents`), then its table row."""
-    import val
-
+def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, inputs: SideInputs | None, split: str = "val") -> dict:
+    """The run's best.pt scored on `split` as val.py would (the hybrid reads `inputs`), then its table row."""
     weights = run_dir / "weights" / "best.pt"
-    argv = ["--data", p.data, "--weights", str(weights), "--imgsz", str(p.imgsz), "--scale", "--quiet",
-            "--task", split, "--project", str(Path(p.out) / "val"), "--name", f"{run_dir.name}-{split}",
-            "--exist-ok", "--workers", str(p.workers)]
-    result = val.main(argv + (["--latents", str(latents)] if latents else []))
+    save_dir = increment_path(Path(p.out) / "val" / f"{run_dir.name}-{split}", exist_ok=True, mkdir=True)
+    job = ValidationRun(weights, Path(p.data), split, p.imgsz, scale=True, device=p.device, workers=p.workers,
+                        save_dir=save_dir)
+    result = validate(job, ValOptions(), inputs)
     return {**table_row(name, weights, result, p.imgsz), "split": split}
 
 
@@ -226,10 +236,6 @@ def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
 
 def run(p: PipelineOptions) -> list[dict]:
     """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student."""
-    from d3n_ext.distill import DistillationTask, DistillOptions
-    from d3n_ext.task import D3NTask
-    from utils.data_config import load_data_config
-
     start, out = time.time(), Path(p.out)
     teacher_weights(p, out)  # a bad --teacher-init fails now, not after the baseline has trained
     load_data_config(p.data)  # builds the synthetic data on first use
@@ -238,14 +244,17 @@ def run(p: PipelineOptions) -> list[dict]:
     if p.controls:  # needs no DDPM: trained before stage 1
         control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
                                  dist_feat=p.dist_feat)
-        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, asdict(control)),
-                                                 DistillationTask(control), "self-distilled student"), None))
-    features = stage1(p)
-    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, {"latents": str(features)},
-                                        teacher_weights(p, baseline)), D3NTask(features), "teacher")
-    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features),
+        task = DistillationTask(control)
+        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
+                                                 "self-distilled student"), None))
+    features = RepositoryInputs.open(stage1(p))
+    task = D3NTask(features)
+    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
+                          "teacher")
+    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
                              dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
-    student = train_stage(train_options(p, "student", p.cfg, asdict(distill)), DistillationTask(distill), "student")
+    task = DistillationTask(distill, features)
+    student = train_stage(train_options(p, "student", p.cfg, task), task, "student")
     runs[1:1] = [(TEACHER, teacher, features)]
     runs.append((STUDENT, student, None))
     split = report_split(p.data)
@@ -255,10 +264,8 @@ def run(p: PipelineOptions) -> list[dict]:
                                                  f"{made['machine']}; {made['minutes']} minutes.\n")
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
-    import detect
-
-    detect.main(["--weights", str(student / "weights" / "best.pt"), "--source", p.detect_source, "--imgsz",
-                 str(p.imgsz), "--scale", "--project", str(out), "--name", "detect", "--exist-ok", "--quiet"])
+    predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
+            OutputOptions(out / "detect"), p.device)
     print(text)
     return rows
 

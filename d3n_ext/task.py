@@ -1,6 +1,6 @@
 """The hybrid (teacher) training task: a D3N model YAML bound to a feature repository (stage 2, III-C).
 
-train.py --latents runs the shared Trainer with this task. It binds the model YAML to the
+train.py --latents runs the shared Trainer with this task (the plug-in's `training_task`). It binds the model YAML to the
 repository before the model is built, loads the frozen decoders into it, feeds the latents through
 LatentDataset, logs the learned fusion weights each epoch (results.csv columns `fusion/L<layer>/<branch>`)
 and plots them after training (fusion_weights.png, the paper's Fig. 11).
@@ -15,28 +15,39 @@ from typing import Any
 
 import torch
 
-from d3n_ext.binding import bind_repository, check_bound_to, load_repository_weights, repository_fingerprint
+from d3n_ext.binding import bind_repository, load_repository_weights, repository_fingerprint
 from d3n_ext.feature_mapper import FeatureMapper
 from d3n_ext.fusion import collect_fusion_weights
 from d3n_ext.latent_dataset import LatentDataset
-from d3n_ext.repository import LatentRepository
+from d3n_ext.teacher_inputs import RepositoryInputs
 from utils.plots import plot_columns
-from utils.tasks import DetectionTask
+from utils.tasks import DetectionTask, register_task
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
 FUSION_PREFIX = "fusion/"
 
 
+@register_task
 class D3NTask(DetectionTask):
     """Ground-truth loss on the hybrid model; the plug-in's parts join through the task's hooks."""
 
+    kind = "d3n-teacher"
     dataset_cls = LatentDataset
+    rules = RepositoryInputs.rules
 
-    def __init__(self, repository: str | Path, plots: bool = True):
-        self.root = Path(repository)
-        self.repo = LatentRepository(self.root)
+    def __init__(self, inputs: RepositoryInputs, plots: bool = True):
+        self.inputs, self.repo, self.root = inputs, inputs.repo, inputs.root
         self.plots = plots
+
+    def state(self) -> dict[str, Any]:
+        return {"repository": str(self.root), "plots": self.plots}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args=None) -> "D3NTask":
+        """On --resume a --latents given again wins: the repository may have moved since."""
+        path = getattr(args, "latents", "") or state["repository"]
+        return cls(RepositoryInputs.open(path), plots=state.get("plots", True))
 
     def model_cfg(self, cfg: dict) -> dict:
         return bind_repository(cfg, self.repo)
@@ -50,7 +61,7 @@ class D3NTask(DetectionTask):
         return model
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
-        return {"repository": self.root, "side_inputs": de_parallel(model).side_inputs}
+        return {"repository": self.repo, "side_inputs": de_parallel(model).side_inputs}
 
     def epoch_log(self, model: torch.nn.Module) -> dict[str, float]:
         """softmax(α) of every fusion block, one column per branch (Fig. 11)."""
@@ -70,12 +81,3 @@ class D3NTask(DetectionTask):
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"repository": str(self.root.resolve()), "fingerprint": repository_fingerprint(self.repo)}
 
-
-def teacher_dataset_hook(latents: str | Path, model: torch.nn.Module, source: str = "model") -> tuple[type, dict]:
-    """val.py's (dataset class, kwargs) for a teacher, after checking its decoders fit the repository."""
-    if not model.side_inputs:
-        raise ValueError(f"{source}: the model has no side inputs (not a D3N teacher); drop --latents")
-    repo = LatentRepository(latents)
-    if getattr(model, "yaml", None) is not None:
-        check_bound_to(model.yaml, repo, source)
-    return LatentDataset, {"repository": Path(latents), "side_inputs": model.side_inputs}

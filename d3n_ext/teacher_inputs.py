@@ -1,4 +1,6 @@
-"""detect.py's side inputs for a D3N teacher: latents from the repository, or computed online for new images.
+"""A D3N teacher's side inputs: the feature repository, opened once (`RepositoryInputs`, the plug-in's
+`SideInputs`), and per frame for detect.py (`TeacherSideInputs`): latents from the repository, or
+computed online for new images.
 
 An image is looked up by its content hash (the key the repository was built with). One that is not
 there, a new image, an edited one or a video frame, gets its latents from the DDPM and VAE encoder
@@ -15,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d3n_ext.binding import check_bound_to, levels_by_stride, side_inputs_of_yaml
+from d3n_ext.binding import check_bound_to, levels_by_stride
 from d3n_ext.features import OnlineLatentEncoder
+from d3n_ext.latent_dataset import LatentDataset
 from d3n_ext.repository import LatentRepository
+from engine.plugins import FrameInputs, InputRules, SideInputs
 from utils.augmentations import warp_map
-from utils.checkpoints import load_checkpoint
 from utils.files import file_hash
 
 LOGGER = logging.getLogger(__name__)
@@ -28,26 +31,15 @@ LOGGER = logging.getLogger(__name__)
 class TeacherSideInputs:
     """Predictor's side_fn: (path, image_bgr, input_hw) -> {name: (1, T·C, H/s, W/s) latents} on `device`."""
 
-    def __init__(self, repository: str | Path, side_inputs: dict[str, tuple[int, int]],
+    def __init__(self, repository: LatentRepository | str | Path, side_inputs: dict[str, tuple[int, int]],
                  device: torch.device | str = "cpu"):
-        self.repo = LatentRepository(repository)
+        self.repo = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
         self.level_of = levels_by_stride(side_inputs, self.repo)
         self.strides = {name: stride for name, (_, stride) in side_inputs.items()}
         self.device = torch.device(device)
         self.encoder: OnlineLatentEncoder | None = None  # built on the first image the repository lacks
         self.stored = self.online = 0  # images answered each way
         self._keys: dict[tuple, str] = {}  # (path, size, mtime) -> content hash; a video hashes once
-
-    @classmethod
-    def from_checkpoint(cls, weights: str | Path, repository: str | Path,
-                        device: torch.device | str = "cpu") -> "TeacherSideInputs":
-        """Side inputs as the checkpoint's model YAML declares them, after checking its decoders fit the repository."""
-        model_yaml = load_checkpoint(weights, expect="detector")["model_yaml"]
-        side_inputs = side_inputs_of_yaml(model_yaml)
-        if not side_inputs:
-            raise ValueError(f"{weights}: the model has no side inputs (not a D3N teacher); drop --latents")
-        check_bound_to(model_yaml, LatentRepository(repository), str(weights))
-        return cls(repository, side_inputs, device)
 
     def _key(self, path) -> str | None:
         p = Path(path) if path is not None else None
@@ -82,3 +74,38 @@ class TeacherSideInputs:
             z = levels[level].flatten(0, 1)  # (T·C, h, w)
             out[name] = warp_map(z, whole, (0.0, 0.0, w, h), np.eye(3), (h // s, w // s), s)[None].to(self.device)
         return out
+
+
+class RepositoryInputs(SideInputs):
+    """A feature repository, opened once, as the side inputs of a hybrid teacher."""
+
+    rules = InputRules(stretch=True)
+
+    def __init__(self, repository: LatentRepository):
+        self.repo = repository
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RepositoryInputs":
+        return cls(LatentRepository(path))
+
+    @property
+    def root(self) -> Path:
+        return self.repo.root
+
+    def check_model(self, model: torch.nn.Module, source: str) -> None:
+        """A built teacher's decoders must be the ones this repository was built with."""
+        if not model.side_inputs:
+            raise ValueError(f"{source}: the model has no side inputs (not a D3N teacher); drop --latents")
+        if getattr(model, "yaml", None) is not None:
+            check_bound_to(model.yaml, self.repo, source)
+
+    def dataset(self, model: torch.nn.Module, source: str) -> tuple[type, dict]:
+        self.check_model(model, source)
+        return LatentDataset, {"repository": self.repo, "side_inputs": model.side_inputs}
+
+    def frame_inputs(self, model: torch.nn.Module, device: torch.device) -> FrameInputs:
+        self.check_model(model, str(getattr(model, "path", "model")))
+        return TeacherSideInputs(self.repo, model.side_inputs, device)
+
+    def describe(self) -> str:
+        return f"feature repository {self.repo.root}"

@@ -2,13 +2,18 @@
 
 `train.py` and `train_distill.py` share one trainer; the task owns the loss (and, for
 distillation, the frozen teacher), so the loop never branches on what kind of training it runs.
+A task describes itself: its `kind` and `state()` are saved with every checkpoint and rebuild it on
+--resume (`task_from_state`); plug-ins register their kinds with `register_task`.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
+
+from engine.plugins import InputRules, check_no_plugin_flags, registered_plugins
 
 from utils.dataloaders import LoadImagesAndLabels
 from utils.hyp import Hyp
@@ -16,11 +21,32 @@ from utils.loss import ComputeLoss
 from utils.torch_utils import de_parallel
 
 
+TASKS: dict[str, type["DetectionTask"]] = {}
+
+
+def register_task(cls: type["DetectionTask"]) -> type["DetectionTask"]:
+    """Class decorator: make a task kind rebuildable from checkpoints (`task_from_state`)."""
+    TASKS[cls.kind] = cls
+    return cls
+
+
+@register_task
 class DetectionTask:
     """Plain YOLOv5 training: ground-truth loss only."""
 
+    kind: str = "detect"
     loss_names: tuple[str, ...] = ("box_loss", "obj_loss", "cls_loss")
     dataset_cls: type = LoadImagesAndLabels
+    rules: InputRules = InputRules()  # what the task's inputs demand (e.g. --scale)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able options that rebuild this task with `from_state` (saved in train_opts for --resume)."""
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args: argparse.Namespace | None = None) -> "DetectionTask":
+        """The task a checkpoint describes; flags given again on --resume (`args`) may update its options."""
+        return cls()
 
     def model_cfg(self, cfg: dict) -> dict:
         """The model YAML dict to build (a plug-in may fill in rows from its own data)."""
@@ -55,3 +81,24 @@ class DetectionTask:
     def checkpoint_extra(self) -> dict[str, Any]:
         """Task facts saved with each checkpoint (e.g. which teacher distilled it)."""
         return {}
+
+
+def task_from_state(kind: str, state: dict[str, Any], args: argparse.Namespace | None = None,
+                    source: str = "checkpoint") -> DetectionTask:
+    """Rebuild a saved task (--resume); an unknown kind lists the known ones."""
+    if kind not in TASKS:
+        raise ValueError(f"{source}: trained by task {kind!r}, which no loaded plug-in provides "
+                         f"(known: {', '.join(sorted(TASKS))}; is its package listed in plugins.yaml?)")
+    return TASKS[kind].from_state(state, args)
+
+
+def training_task(args: argparse.Namespace, model_yaml: dict | None, script: str = "train") -> DetectionTask:
+    """The task a fresh run trains with: the first plug-in's that takes the run, else plain detection."""
+    for plugin in registered_plugins():
+        task = plugin.training_task(args, model_yaml, script)
+        if task is not None:
+            return task
+    if script != "train":
+        raise ValueError(f"no loaded plug-in provides {script} runs (see plugins.yaml)")
+    check_no_plugin_flags(args, args.cfg or args.weights or "the model")
+    return DetectionTask()

@@ -78,7 +78,8 @@ class TrainOptions:
     seed: int = 0
     scale: bool = False  # letterbox-free: stretch images to imgsz x imgsz (the D3N paper's input)
     quiet: bool = False
-    extra: dict = field(default_factory=dict)  # task options (e.g. distillation), saved for --resume
+    task: str = "detect"  # the training task's kind (engine.tasks.TASKS), set by the Trainer
+    task_state: dict = field(default_factory=dict)  # its options, which rebuild it on --resume
 
 
 class StopTraining(RuntimeError):
@@ -117,7 +118,9 @@ def remove_stale_temp_files(*folders: Path) -> list[Path]:
 class Trainer:
     def __init__(self, opt: TrainOptions, task: DetectionTask | None = None):
         check_train_options(opt)
-        self.opt, self.task = opt, task or DetectionTask()
+        self.task = task or DetectionTask()
+        opt.task, opt.task_state = self.task.kind, self.task.state()  # saved with opt: --resume rebuilds the task
+        self.opt = opt
         self.device = select_device(opt.device)
         self.distributed = init_distributed(self.device)
         self.rank, self.local_rank, self.world = distributed_env()

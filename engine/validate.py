@@ -1,0 +1,101 @@
+"""`validate(...)`: a checkpoint or export scored on a split of a data YAML — what val.py, the D3N
+pipeline and the ablation runner call.
+
+It loads the model and the split, checks that they fit each other (classes, side inputs), applies the
+side inputs' input rules and runs the shared evaluation loop; outputs go to `save_dir` when one is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from deploy.backends import load_backend
+from engine.plugins import SideInputs, apply_input_rules
+from utils.data_config import DataConfig, load_data_config
+from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.image_size import check_img_size
+from utils.torch_utils import select_device
+from utils.validator import ValOptions, ValResult, run_validation
+
+LOGGER = logging.getLogger(__name__)
+RECT_PAD = 0.5  # rect batches get half a stride of border, as YOLOv5's val
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ValidationRun:
+    """What to score and how the split is read (the metric options are ValOptions)."""
+
+    weights: Path  # detector checkpoint (.pt) or export (.onnx, .torchscript)
+    data: Path  # data YAML
+    split: str = "val"  # train, val or test
+    imgsz: int = 640
+    batch_size: int = 32
+    scale: bool = False  # letterbox-free: stretch images to imgsz x imgsz (the D3N paper)
+    device: str = ""
+    workers: int = 8
+    save_dir: Path | None = None  # plots, labels/, predictions.json; None writes nothing
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        self.weights, self.data = Path(self.weights), Path(self.data)
+
+
+def load_eval_model(weights: Path, device: torch.device, half: bool = False) -> torch.nn.Module:
+    """A checkpoint (fused) or an export, ready for inference on `device`."""
+    model = load_backend(weights, device, fuse=True)
+    if half and device.type == "cuda":
+        model.half()
+    return model
+
+
+def split_loader(run: ValidationRun, data: DataConfig, stride: int, single_cls: bool,
+                 dataset: tuple[type, dict] | None = None, rect: bool = True) -> DataLoader:
+    """The split's loader: rect batches padded by half a stride (letterbox), or stretched (--scale).
+
+    `dataset` is (class, kwargs) from the model's side inputs; `rect=False` letterboxes to imgsz
+    squares, because a static-shape export takes one input size.
+    """
+    dataset_cls, kwargs = LoadImagesAndLabels, ({} if run.scale else {"pad": RECT_PAD})
+    if dataset is not None:
+        dataset_cls, extra = dataset
+        kwargs.update(extra)
+    loader, _ = create_dataloader(data.images(run.split), run.imgsz, run.batch_size, stride,
+                                  rect=rect and not run.scale, scale_mode=run.scale, workers=run.workers,
+                                  shuffle=False, single_cls=single_cls, nc=data.nc, prefix=f"{run.split}: ",
+                                  dataset_cls=dataset_cls, dataset_kwargs=kwargs)
+    return loader
+
+
+def check_fits(model: torch.nn.Module, run: ValidationRun, data: DataConfig, single_cls: bool,
+               inputs: SideInputs | None) -> None:
+    if model.side_inputs and inputs is None:
+        raise ValueError(f"{run.weights}: this model needs side inputs {sorted(model.side_inputs)}; "
+                         "pass its plug-in's flags (e.g. --latents <feature repository>)")
+    if not single_cls and len(model.names) != data.nc:
+        raise ValueError(f"{run.weights}: model has {len(model.names)} classes but {run.data} has {data.nc}")
+
+
+def validate(run: ValidationRun, options: ValOptions | None = None, inputs: SideInputs | None = None,
+             model: torch.nn.Module | None = None) -> ValResult:
+    """Score `run.weights` (or an already loaded `model` of it) on `run.split` of `run.data`."""
+    options = options or ValOptions()
+    check_img_size(run.imgsz, 1)  # a size below 1 px fails before anything is loaded
+    data = load_data_config(run.data)
+    if inputs is not None:
+        apply_input_rules(run, inputs.rules, inputs.describe())
+    device = select_device(run.device)
+    model = model if model is not None else load_eval_model(run.weights, device, options.half)
+    check_fits(model, run, data, options.single_cls, inputs)
+    dataset = inputs.dataset(model, str(run.weights)) if inputs is not None else None
+    stride = max(int(model.stride.max()), 32)
+    run.imgsz = check_img_size(run.imgsz, stride)
+    loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)
+    names = ["item"] if options.single_cls else data.names
+    return run_validation(model, loader, names, run.save_dir, options, device=device)
