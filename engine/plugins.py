@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from utils.config import load_yaml_mapping, reject_unknown
+from utils.config import read_yaml_mapping, reject_unknown
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def plugin_modules(path: Path = PLUGINS_FILE) -> list[str]:
     """The package names `plugins.yaml` lists (none when the file is absent)."""
     if not path.exists():
         return []
-    cfg = load_yaml_mapping(path)
+    cfg = read_yaml_mapping(path, "a mapping with a 'plugins' list", empty_ok=True)
     reject_unknown(cfg, {"plugins"}, str(path))
     names = cfg.get("plugins") or []
     if not isinstance(names, list) or not all(isinstance(n, str) and MODULE_NAME.match(n) for n in names):
