@@ -17,14 +17,14 @@ import cv2
 import numpy as np
 import torch
 
-from utils.backends import DetectBackend, load_backend
+from deploy.backends import DetectBackend, load_backend
+from engine.predictor import PredictOptions, Predictor
 from utils.boxes import xyxy2xywh
 from utils.cli import exit_on_user_error
 from utils.files import atomic_write_bytes, increment_path, safe_name
 from utils.gradcam import CamWriter
 from utils.logging import set_logging
 from utils.plots import Annotator, colors
-from utils.predictor import PredictOptions, Predictor
 from utils.sources import Frame, iter_frames, resolve_source
 from utils.torch_utils import select_device
 

@@ -26,16 +26,16 @@ import onnx
 import torch
 import torch.nn as nn
 
+from deploy.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
+from deploy.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from models.loading import load_model
 from models.yolo import Model, reads_side_inputs
-from utils.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
 from utils.checkpoints import load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import atomic_write_bytes
 from utils.image_size import check_img_size
 from utils.logging import set_logging
-from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger("export")

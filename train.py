@@ -14,11 +14,11 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
+from engine.trainer import StopTraining, Trainer, TrainOptions
+from models.yolo import ModelConfigError, load_model_yaml, reads_side_inputs
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
-from utils.trainer import StopTraining, Trainer, TrainOptions
-from models.yolo import ModelConfigError, load_model_yaml, reads_side_inputs
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from utils.backends import load_backend
+from deploy.backends import load_backend
+from engine.validator import ValOptions, ValResult, run_validation
 from utils.cli import exit_on_user_error
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
@@ -23,7 +24,6 @@ from utils.files import increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.torch_utils import select_device
-from utils.validator import ValOptions, ValResult, run_validation
 
 LOGGER = logging.getLogger("val")
 ROOT = Path(__file__).resolve().parent

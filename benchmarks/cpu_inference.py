@@ -34,14 +34,14 @@ import torch
 
 import export
 from benchmarks.reference_yolov5 import INSTALL_HINT, export_reference_onnx, quietly, reference_model
+from deploy.backends import load_backend, onnx_session
+from deploy.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
+from engine.predictor import PredictOptions, Predictor
 from models.loading import save_model
 from models.yolo import Model
 from utils.augmentations import letterbox
-from utils.backends import load_backend, onnx_session
 from utils.boxes import box_iou
 from utils.data_config import load_data_config
-from utils.predictor import PredictOptions, Predictor
-from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from utils.sources import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.tasks import DetectionTask
 from models.loading import build_from_checkpoint
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
-from utils.tasks import DetectionTask
 
 LOGGER = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
+from engine.trainer import StopTraining, Trainer, TrainOptions
 from models.loading import load_model
 from utils.checkpoints import load_checkpoint
+from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
 from utils.image_size import check_img_size
 from utils.logging import set_logging
-from utils.cli import exit_on_user_error
 from utils.torch_utils import count_parameters
-from utils.trainer import StopTraining, Trainer, TrainOptions
 
 LOGGER = logging.getLogger("d3n_ext.pipeline")
 ROOT = Path(__file__).resolve().parents[1]

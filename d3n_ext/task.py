@@ -20,8 +20,8 @@ from d3n_ext.feature_mapper import FeatureMapper
 from d3n_ext.fusion import collect_fusion_weights
 from d3n_ext.latent_dataset import LatentDataset
 from d3n_ext.repository import LatentRepository
+from engine.tasks import DetectionTask
 from utils.plots import plot_columns
-from utils.tasks import DetectionTask
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
