@@ -36,7 +36,7 @@ from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
 from utils.image_size import check_img_size
 from utils.logging import set_logging
-from utils.torch_utils import count_parameters
+from utils.profiling import count_parameters, cpu_latency_ms
 
 LOGGER = logging.getLogger("d3n_ext.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,39 +110,13 @@ def train_stage(opt: TrainOptions, task, label: str) -> Path:
     return Trainer(opt, task).train()
 
 
-def cpu_latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 20) -> float:
-    """Median forward time of batch 1 at imgsz on the CPU (fused, inference mode, side inputs zero)."""
-    model = model.cpu().eval()
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    side = model.dummy_side(x) if model.side_inputs else None
-    times = []
-    with torch.inference_mode():
-        for i in range(runs + 3):
-            t0 = time.perf_counter()
-            model(x, side) if side else model(x)
-            if i >= 3:
-                times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def flops_g(model: torch.nn.Module, imgsz: int) -> float:
-    """GFLOPs at imgsz counted by torch's FlopCounterMode (attention and all convs included)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    side = model.dummy_side(x) if model.side_inputs else None
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x, side) if side else model(x)
-    return counter.get_total_flops() / 1e9
-
-
 def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
     model = load_model(weights, "cpu")  # parameters as YOLOv5 reports them (unfused); timing on the fused model
     imgsz = check_img_size(imgsz, int(model.stride.max()))  # what training and val.py ran at
     return {"model": name, "weights": str(weights), "parameters": count_parameters(model),
-            "GFLOPs": round(flops_g(model, imgsz), 2), "mAP@0.5": round(result.map50, 4),
-            "mAP@0.5:0.95": round(result.map, 4), "CPU ms/img": round(cpu_latency_ms(model.fuse(), imgsz), 1)}
+            "GFLOPs": round(model.gflops(imgsz), 2), "mAP@0.5": round(result.map50, 4),
+            "mAP@0.5:0.95": round(result.map, 4),
+            "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
 
 
 BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
