@@ -1,1 +1,1 @@
-"""Scripts that print figures (speed, memory, FLOPs); run them as modules from the repository root: python -m benchmarks.<name>."""
+"""Scripts that print figures (speed, memory, FLOPs), run as modules from the repository root."""

@@ -111,8 +111,8 @@ def peak_memory_mib(cfg: str, opt: argparse.Namespace) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         step()
         return torch.cuda.max_memory_allocated(device) / 2**20
-    cmd = [sys.executable, "-m", "benchmarks.hybrid_step", "--memory-of", cfg, "--imgsz", str(opt.imgsz), "--batch-size",
-           str(opt.batch_size), "--threads", str(opt.threads), "--preset", opt.preset]
+    cmd = [sys.executable, "-m", "benchmarks.hybrid_step", "--memory-of", cfg, "--imgsz", str(opt.imgsz),
+           "--batch-size", str(opt.batch_size), "--threads", str(opt.threads), "--preset", opt.preset]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)["peak_mib"]
 
 
