@@ -19,8 +19,8 @@ from models.yolo import ModelConfigError, load_model_yaml
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
-from utils.tasks import DetectionTask, task_from_state, training_task
-from utils.trainer import StopTraining, Trainer, TrainOptions
+from engine.tasks import DetectionTask, task_from_state, training_task
+from engine.trainer import StopTraining, Trainer, TrainOptions
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger("train")

@@ -21,7 +21,7 @@ from utils.files import increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.torch_utils import select_device
-from utils.validator import ValOptions, ValResult
+from engine.validator import ValOptions, ValResult
 
 LOGGER = logging.getLogger("val")
 ROOT = Path(__file__).resolve().parent

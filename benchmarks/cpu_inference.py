@@ -3,9 +3,9 @@ autocast, ONNX Runtime fp32 (static and dynamic shapes) and int8 (QDQ and QOpera
 after warm-up. Each back-end is timed in its own block, in two rounds, so load drifting on a shared
 machine hits them all alike (round-robin would let one thread pool's spinning slow the next).
 
-    python benchmarks/cpu_inference.py [--cfg yolov5s.yaml] [--imgsz 640] [--runs 20] [--threads 2]
-    python benchmarks/cpu_inference.py --weights runs/train/exp/weights/best.pt --acc-imgsz 160
-    python benchmarks/cpu_inference.py --reference   # + ultralytics/yolov5 timed in the same run
+    python -m benchmarks.cpu_inference [--cfg yolov5s.yaml] [--imgsz 640] [--runs 20] [--threads 2]
+    python -m benchmarks.cpu_inference --weights runs/train/exp/weights/best.pt --acc-imgsz 160
+    python -m benchmarks.cpu_inference --reference   # + ultralytics/yolov5 timed in the same run
 
 Speed uses random weights of --cfg (nc 80, as the ultralytics/yolov5 figures this is compared with);
 int8 models are calibrated on --calib images of the data YAML's train split. With --weights (a trained
@@ -19,14 +19,10 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
-
-if __package__ in (None, ""):  # `python benchmarks/cpu_inference.py` puts benchmarks/ first on the path
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import cv2
 import numpy as np
@@ -34,14 +30,14 @@ import torch
 
 import export
 from benchmarks.reference_yolov5 import INSTALL_HINT, export_reference_onnx, quietly, reference_model
+from deploy.backends import load_backend, onnx_session
+from deploy.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
+from engine.predictor import PredictOptions, Predictor
 from models.loading import save_model
 from models.yolo import Model
 from utils.augmentations import letterbox
-from utils.backends import load_backend, onnx_session
 from utils.boxes import box_iou
 from utils.data_config import load_data_config
-from utils.predictor import PredictOptions, Predictor
-from utils.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
 from utils.sources import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]

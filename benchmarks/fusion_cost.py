@@ -1,7 +1,7 @@
 """Cost of each fusion block at a 640 input of YOLOv5s, per level: CPU time at batch 1, parameters,
 FLOPs and memory, next to YOLOv5s itself.
 
-    python benchmarks/fusion_cost.py [--repeat 1] [--threads 2] [--levels P3 P4 P5] [--blocks dcf sum ...]
+    python -m benchmarks.fusion_cost [--repeat 1] [--threads 2] [--levels P3 P4 P5] [--blocks dcf sum ...]
 
 Shapes: detector maps 128x80x80 / 256x40x40 / 512x20x20 (P3/P4/P5); DDPM features of the paper
 preset after decoding and timestep concatenation, 768x64x64 / 1152x32x32 / 1536x16x16.
@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # `python benchmarks/fusion_cost.py` puts benchmarks/ first on the path
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 import d3n_ext.fusion  # noqa: F401  (registers the fusion blocks)
 from d3n_ext.cross_fusion import TABLE_I_VARIANTS, CrossFusion
 from d3n_ext.freq_filter import FreqFilter
 from d3n_ext.fusion_variants import FuseConcat, FuseSum, FuseWeightedSum
 from models.yolo import Model
+from utils.profiling import count_gflops, count_parameters
 
 LEVELS = {  # level: ((C, H, W) of the detector map, (C_y, h, w) of the DDPM map)
     "P3": ((128, 80, 80), (768, 64, 64)),
@@ -80,13 +76,11 @@ def make_block(name: str, level: str) -> tuple[nn.Module, tuple]:
 
 
 def count(block: nn.Module, inputs: tuple) -> tuple[float, float, float]:
-    """(forward GFLOPs, forward+backward GFLOPs, attention-score MiB) of one pass."""
+    """(forward GFLOPs, forward+backward GFLOPs, attention-score MiB of the forward)."""
     tally = AttentionTally()
-    with FlopCounterMode(display=False, custom_mapping=tally.mapping()) as counter:
-        out = block(*inputs)
-        fwd = counter.get_total_flops()
-        out.sum().backward()
-    return fwd / 1e9, counter.get_total_flops() / 1e9, tally.score_bytes / 2**20
+    fwd = count_gflops(lambda: block(*inputs), tally.mapping())
+    fwd_bwd = count_gflops(lambda: block(*inputs).sum().backward(), AttentionTally().mapping())
+    return fwd, fwd_bwd, tally.score_bytes / 2**20
 
 
 def saved_mib(block: nn.Module, inputs: tuple) -> float:
@@ -138,7 +132,7 @@ def measure(name: str, level: str, repeat: int) -> dict:
     if isinstance(block, CrossFusion):
         (_, h, w), (_, hy, wy) = LEVELS[level]
         kv = " ".join(f"{k}:{a}x{b}" for k, (a, b) in block.kv_grids((h, w), (hy, wy)).items())
-    return {"level": level, "block": name, "params": sum(p.numel() for p in block.parameters()), "gflops": gf,
+    return {"level": level, "block": name, "params": count_parameters(block), "gflops": gf,
             "gflops_fb": gfb, "saved": saved_mib(block, inputs), "scores": scores, "fwd": fwd, "fb": fwd_bwd,
             "kv": kv}
 
@@ -158,7 +152,7 @@ def yolov5s_reference(repeat: int) -> dict:
         sum(r.sum() for r in model(x)).backward()
 
     forward_backward()  # warm-up
-    return {"params": sum(p.numel() for p in model.parameters()), "gflops": model.gflops(640),
+    return {"params": count_parameters(model), "gflops": model.gflops(640),
             "fwd": best_ms(forward, repeat), "fb": best_ms(forward_backward, repeat)}
 
 

@@ -1,6 +1,6 @@
 """Training-step cost of the D3N hybrid (teacher) against its plain YOLOv5 baseline at the same image size.
 
-    python benchmarks/hybrid_step.py [--imgsz 256] [--batch-size 8] [--steps 7] [--threads 2]
+    python -m benchmarks.hybrid_step [--imgsz 256] [--batch-size 8] [--steps 7] [--threads 2]
                                      [--pairs n:yolov5n-d3n s:yolov5s-d3n-lite ...] [--fusion-cost]
 
 A step is what the Trainer does per batch minus the loader and EMA: forward, YOLOv5 loss, backward,
@@ -26,11 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/hybrid_step.py` puts benchmarks/ first on the path
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import d3n_ext  # noqa: F401  (registers FeatureMapper and the fusion blocks)
 from d3n_ext.binding import bind_levels, preset_levels
@@ -39,8 +35,10 @@ from models.yolo import Model, load_model_yaml
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
 from utils.optim import build_optimizer
+from utils.profiling import count_gflops
 
 NC = 6  # NEU-DET's classes
+ROOT = Path(__file__).resolve().parents[1]  # the memory subprocess runs `python -m` from here
 
 
 def build(cfg: str, preset: str, device: torch.device) -> Model:
@@ -74,11 +72,13 @@ class Step:
     def gflop(self) -> float:
         from benchmarks.fusion_cost import AttentionTally  # counts the CPU flash attention and FFTs too
 
-        with FlopCounterMode(display=False, custom_mapping=AttentionTally().mapping()) as counter:
+        def forward_backward() -> None:
             out = self.model(self.x, self.side) if self.side else self.model(self.x)
             self.loss(out, self.targets)[0].backward()
+
+        gflop = count_gflops(forward_backward, AttentionTally().mapping())
         self.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops() / 1e9
+        return gflop
 
 
 def timed(step: Step) -> float:
@@ -111,9 +111,9 @@ def peak_memory_mib(cfg: str, opt: argparse.Namespace) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         step()
         return torch.cuda.max_memory_allocated(device) / 2**20
-    cmd = [sys.executable, __file__, "--memory-of", cfg, "--imgsz", str(opt.imgsz), "--batch-size",
-           str(opt.batch_size), "--threads", str(opt.threads), "--preset", opt.preset]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["peak_mib"]
+    cmd = [sys.executable, "-m", "benchmarks.hybrid_step", "--memory-of", cfg, "--imgsz", str(opt.imgsz),
+           "--batch-size", str(opt.batch_size), "--threads", str(opt.threads), "--preset", opt.preset]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)["peak_mib"]
 
 
 def _status_kib(field: str) -> int | None:
@@ -164,15 +164,14 @@ def decoder_cost_640(threads: int) -> None:
         mapper = FeatureMapper(level.spec)
         side = 640 // level.stride
         z = torch.randn(1, level.spec.in_channels, side, side)
-        with FlopCounterMode(display=False) as counter:
-            mapper(z)
+        gflops = count_gflops(lambda: mapper(z))
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
             mapper(z)
             times.append((time.perf_counter() - t0) * 1e3)
         print(f"  P{level.stride.bit_length() - 1}  {level.spec.in_channels} x {side}x{side} -> "
-              f"{level.spec.out_channels} ch: {counter.get_total_flops() / 1e9:6.1f} GFLOPs, {min(times):7.0f} ms "
+              f"{level.spec.out_channels} ch: {gflops:6.1f} GFLOPs, {min(times):7.0f} ms "
               f"({threads} threads)")
 
 

@@ -6,7 +6,7 @@ the same input. Nothing in the project needs this package; the benchmarks use it
 
     python -m venv --system-site-packages /tmp/refenv
     /tmp/refenv/bin/pip install --no-deps yolov5==7.0.14 ultralytics psutil
-    /tmp/refenv/bin/python benchmarks/cpu_inference.py --reference
+    /tmp/refenv/bin/python -m benchmarks.cpu_inference --reference
 
 (`yolov5` is the PyPI packaging of ultralytics/yolov5 v7.0; `--no-deps` keeps it from pulling in its cloud
 extras. Its models are built from its own YAMLs with random weights; nothing is downloaded.)

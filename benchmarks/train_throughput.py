@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.reference_yolov5 import INSTALL_HINT, reference_model, reference_train_step
-from utils.trainer import Trainer, TrainOptions
+from engine.trainer import Trainer, TrainOptions
 
 TARGET_IMAGES_S = 43.0
 

@@ -27,10 +27,10 @@ from d3n_ext.task import D3NTask
 from d3n_ext.teacher_inputs import RepositoryInputs
 from d3n_ext.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, report_split,
                               stage1, train_options, train_stage)
+from engine.trainer import StopTraining
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
-from utils.trainer import StopTraining
 
 FUSION_BLOCKS = {name for name, _ in FUSION_VARIANTS.values()}
 PAPER_NEU_DET = {  # mAP@0.5 on NEU-DET (the paper's Tables II and III) beside ours, for the shape

@@ -38,7 +38,7 @@ from models.loading import build_from_checkpoint
 from models.yolo import reads_side_inputs
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
-from utils.tasks import DetectionTask, register_task
+from engine.tasks import DetectionTask, register_task
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)

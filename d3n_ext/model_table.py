@@ -1,4 +1,4 @@
-"""`python models/yolo.py` for D3N YAMLs: the layer table, parameters and GFLOPs, with the plug-in's blocks registered.
+"""`python -m models.yolo` for D3N YAMLs: the layer table, parameters and GFLOPs, with the plug-in's blocks registered.
 
     python -m d3n_ext.model_table --cfg yolov5s-d3n.yaml [--imgsz 512]
 

@@ -46,7 +46,7 @@ from utils.data_config import load_data_config
 from utils.files import atomic_write_text, increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
-from utils.torch_utils import count_parameters
+from utils.profiling import count_parameters, cpu_latency_ms
 
 LOGGER = logging.getLogger("d3n_ext.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,39 +122,13 @@ def train_stage(opt: TrainOptions, task, label: str) -> Path:
     return Trainer(opt, task).train()
 
 
-def cpu_latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 20) -> float:
-    """Median forward time of batch 1 at imgsz on the CPU (fused, inference mode, side inputs zero)."""
-    model = model.cpu().eval()
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    side = model.dummy_side(x) if model.side_inputs else None
-    times = []
-    with torch.inference_mode():
-        for i in range(runs + 3):
-            t0 = time.perf_counter()
-            model(x, side) if side else model(x)
-            if i >= 3:
-                times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def flops_g(model: torch.nn.Module, imgsz: int) -> float:
-    """GFLOPs at imgsz counted by torch's FlopCounterMode (attention and all convs included)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    side = model.dummy_side(x) if model.side_inputs else None
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x, side) if side else model(x)
-    return counter.get_total_flops() / 1e9
-
-
 def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
     model = load_model(weights, "cpu")  # parameters as YOLOv5 reports them (unfused); timing on the fused model
     imgsz = check_img_size(imgsz, int(model.stride.max()))  # what training and val.py ran at
     return {"model": name, "weights": str(weights), "parameters": count_parameters(model),
-            "GFLOPs": round(flops_g(model, imgsz), 2), "mAP@0.5": round(result.map50, 4),
-            "mAP@0.5:0.95": round(result.map, 4), "CPU ms/img": round(cpu_latency_ms(model.fuse(), imgsz), 1)}
+            "GFLOPs": round(model.gflops(imgsz), 2), "mAP@0.5": round(result.map50, 4),
+            "mAP@0.5:0.95": round(result.map, 4),
+            "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
 
 
 BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
@@ -162,8 +136,6 @@ BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "st
 
 def report_split(data: str) -> str:
     """The split tables report on: test when the data YAML has one (checkpoints were chosen on val), else val."""
-    from utils.data_config import load_data_config
-
     return "test" if load_data_config(data, autogenerate=False).splits.get("test") else "val"
 
 

@@ -21,7 +21,7 @@ from d3n_ext.fusion import collect_fusion_weights
 from d3n_ext.latent_dataset import LatentDataset
 from d3n_ext.teacher_inputs import RepositoryInputs
 from utils.plots import plot_columns
-from utils.tasks import DetectionTask, register_task
+from engine.tasks import DetectionTask, register_task
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.image_size import check_img_size
 from utils.torch_utils import select_device
-from utils.validator import ValOptions, ValResult, run_validation
+from engine.validator import ValOptions, ValResult, run_validation
 
 LOGGER = logging.getLogger(__name__)
 RECT_PAD = 0.5  # rect batches get half a stride of border, as YOLOv5's val

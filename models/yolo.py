@@ -1,20 +1,16 @@
 """YOLOv5 models from YAML: the parser, the Detect head and Model.
 
-`python models/yolo.py --cfg yolov5s.yaml` prints the layer table, parameters and GFLOPs.
+`python -m models.yolo --cfg yolov5s.yaml` prints the layer table, parameters and GFLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import logging
 import math
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python models/yolo.py` puts models/ first on the path; the repo root is wanted
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 import torch.nn as nn
@@ -23,7 +19,9 @@ import yaml
 from models import common  # noqa: F401  (registers the core blocks)
 from models.common import Conv, SideInput
 from models.registry import BuildContext, lookup_block, register_block
-from utils.torch_utils import count_parameters, fuse_conv_and_bn, profile_gflops
+from utils.image_size import check_img_size
+from utils.profiling import count_parameters, forward_gflops
+from utils.torch_utils import fuse_conv_and_bn
 
 LOGGER = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent
@@ -309,28 +307,27 @@ class Model(nn.Module):
         return self
 
     def info(self, imgsz: int = 640, verbose: bool = False) -> dict:
-        """Log the layer table (verbose) and a summary; returns {'layers','parameters','gflops'}."""
+        """Log the layer table (verbose) and a summary; returns {'layers','parameters','gradients','gflops'}."""
         if verbose:
             LOGGER.info("%3s %18s %3s %10s  %-40s %-30s", "", "from", "n", "params", "module", "arguments")
             for m in self.model:
                 LOGGER.info("%3s %18s %3s %10s  %-40s %-30s", m.i, str(m.f), m.n, f"{m.np:,}", m.type, m.yaml_args)
-        params = count_parameters(self)
-        grads = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        with contextlib.suppress(Exception):
-            gflops = self.gflops(imgsz)
-        summary = {"layers": len(list(self.modules())), "parameters": params, "gradients": grads,
-                   "gflops": locals().get("gflops")}
-        gf = f", {summary['gflops']:.1f} GFLOPs at {imgsz}" if summary["gflops"] else ""
-        LOGGER.info("%s summary: %d layers, %s parameters, %s gradients%s", self.yaml.get("yaml_file", "Model"),
-                    summary["layers"], f"{params:,}", f"{grads:,}", gf)
+        summary = {"layers": len(list(self.modules())), "parameters": count_parameters(self),
+                   "gradients": sum(p.numel() for p in self.parameters() if p.requires_grad),
+                   "gflops": self.gflops(imgsz)}
+        LOGGER.info("%s summary: %d layers, %s parameters, %s gradients, %.1f GFLOPs at %d",
+                    self.yaml.get("yaml_file", "Model"), summary["layers"], f"{summary['parameters']:,}",
+                    f"{summary['gradients']:,}", summary["gflops"], imgsz)
         return summary
 
-    def gflops(self, imgsz: int = 640) -> float | None:
-        """GFLOPs at imgsz x imgsz, profiled at the largest stride and scaled by area."""
-        s = max(int(self.stride.max()), 32)
-        x = torch.zeros(1, self.in_channels, s, s, device=next(self.parameters()).device)
-        g = profile_gflops(self, (x, self.dummy_side(x)))
-        return None if g is None else g * (imgsz / s) ** 2
+    def example_inputs(self, imgsz: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A zero image (1, C, imgsz, imgsz) and its zero side inputs: what GFLOPs and latency are measured on."""
+        x = torch.zeros(1, self.in_channels, imgsz, imgsz, device=next(self.parameters()).device)
+        return x, self.dummy_side(x)
+
+    def gflops(self, imgsz: int = 640) -> float:
+        """GFLOPs of one forward at imgsz x imgsz (a multiple of the largest stride), counted by utils.profiling."""
+        return forward_gflops(self, self.example_inputs(imgsz))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,9 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model = Model(opt.cfg, nc=opt.nc)
-    except ModelConfigError as e:
+        imgsz = check_img_size(opt.imgsz, int(model.stride.max()))
+    except (ModelConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
-    model.info(imgsz=opt.imgsz, verbose=True)
+    model.info(imgsz=imgsz, verbose=True)
 
 
 if __name__ == "__main__":

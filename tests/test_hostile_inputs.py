@@ -150,7 +150,7 @@ def test_resume_of_a_truncated_checkpoint_is_one_line(tmp_path):
 
 
 def test_a_kill_during_a_checkpoint_save_leaves_no_debris_and_no_epoch_twice(data, tiny_yaml, tmp_path, monkeypatch):
-    import utils.trainer as trainer
+    import engine.trainer as trainer
 
     real_save = trainer.save_model
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from utils.boxes import box_iou
+from utils.smoothing import smooth
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,11 +108,6 @@ class APResult:
     classes: np.ndarray  # (nc_present,) int class ids
 
     @property
-    def ap50(self) -> np.ndarray:
-        """(nc_present,) AP at IoU 0.5."""
-        return self.ap[:, 0]
-
-    @property
     def map50(self) -> float:
         return float(self.ap[:, 0].mean()) if len(self.ap) else 0.0
 
@@ -128,10 +124,6 @@ class APResult:
     def mr(self) -> float:
         return float(self.r.mean()) if len(self.r) else 0.0
 
-    def mean_results(self) -> tuple[float, float, float, float]:
-        """(P, R, mAP50, mAP50-95): the row that `fitness` and results.csv use."""
-        return self.mp, self.mr, self.map50, self.map
-
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray]:
     """COCO AP of one class at one IoU from cumulative recall/precision, (k,) each.
@@ -145,13 +137,6 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.nda
     reached = idx < len(recall)
     values[reached] = envelope[idx[reached]]
     return float(values.mean()), values
-
-
-def smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-    """Box-filter a curve (edge-padded) so a single noisy confidence does not win the F1 argmax."""
-    half = max(int(round(len(y) * fraction / 2)), 1)
-    padded = np.pad(y, half, mode="edge")
-    return np.convolve(padded, np.ones(2 * half + 1) / (2 * half + 1), mode="valid")
 
 
 def _class_curves(tp: np.ndarray, conf: np.ndarray, n_labels: int, eps: float):

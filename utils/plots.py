@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from utils.boxes import xywh2xyxy
 from utils.files import atomic_write_bytes
-from utils.metrics import smooth
+from utils.smoothing import smooth
 
 LOGGER = logging.getLogger(__name__)
 

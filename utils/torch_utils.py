@@ -76,20 +76,6 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def profile_gflops(model: nn.Module, inputs: tuple) -> float | None:
-    """GFLOPs of one forward on `inputs` (thop counts multiply-adds; FLOPs = 2 x MACs); None without thop."""
-    try:
-        import thop
-    except ImportError:
-        return None
-    macs = thop.profile(copy.deepcopy(model), inputs=inputs, verbose=False)[0]
-    return macs * 2 / 1e9
-
-
 class ModelEMA:
     """Exponential moving average of weights; decay ramps up as 0.9999 * (1 - exp(-updates / 2000))."""
 

@@ -81,3 +81,24 @@ def test_table_row_measures_at_the_size_training_rounded_to(tmp_path, tiny_cfg):
     row = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 200)
     at_224 = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 224)
     assert row["GFLOPs"] == at_224["GFLOPs"] > 0
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n-d3n-lite.yaml"])
+def test_table_gflops_equal_the_layer_table_s(cfg, tmp_path):
+    """The results table and `python -m models.yolo` count the same model at the same size alike, attention
+    (which grows with the square of the area) included."""
+    from types import SimpleNamespace
+
+    import d3n_ext  # noqa: F401  (registers the fusion blocks)
+    from d3n_ext.binding import bind_levels, preset_levels
+    from models.loading import save_model
+    from models.yolo import Model, load_model_yaml
+    from tests.conftest import TINY
+
+    d, _ = load_model_yaml(cfg)
+    if cfg != "yolov5n.yaml":
+        d = bind_levels(d, preset_levels("ddpm-tiny"), "the ddpm-tiny preset")
+    model = Model({**d, **TINY}, nc=3)
+    save_model(tmp_path / "m.pt", model)
+    row = pipeline.table_row("m", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 96)
+    assert row["GFLOPs"] == round(model.info(imgsz=96)["gflops"], 2) > 0

@@ -14,13 +14,13 @@ import yaml
 import detect
 import export
 import val
+from deploy.backends import load_backend
+from engine.predictor import PredictOptions, Predictor
 from models.loading import load_model, save_model
 from models.yolo import Model
 from tests.conftest import TINY, write_image
-from tests.utils.test_backends import NAMES, REPO, export_to, make_checkpoint, match_detections
-from utils.backends import load_backend
+from tests.deploy.test_backends import NAMES, REPO, export_to, make_checkpoint, match_detections
 from utils.boxes import xywh2xyxy
-from utils.predictor import PredictOptions, Predictor
 from utils.sources import read_image
 
 

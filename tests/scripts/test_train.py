@@ -12,10 +12,10 @@ import torch
 import yaml
 
 import train
+from engine.trainer import Trainer
 from models.loading import save_model
 from models.yolo import Model
 from utils.checkpoints import load_checkpoint
-from utils.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,7 +120,7 @@ def test_a_short_run_from_scratch_learns(tmp_path, tiny_model_yaml):
 def test_autoanchor_judges_the_boxes_stretched_under_scale(tmp_path, tiny_model_yaml, monkeypatch):
     """--scale stretches 160x64 images to 64x64: AutoAnchor must see boxes 0.4x as wide and equally tall."""
     from tests.conftest import write_image
-    import utils.trainer as trainer
+    import engine.trainer as trainer
     from utils.autoanchor import dataset_box_sizes
 
     root = tmp_path / "wide"

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 import val
+from engine.validator import ValResult
 from models.loading import save_model
 from models.yolo import Model
 from tests.conftest import TINY, write_image
-from utils.validator import ValResult
 
 NAMES = ["crazing", "inclusion", "scratches"]
 

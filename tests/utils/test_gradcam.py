@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import detect
+from engine.predictor import PredictOptions, Predictor
 from models.loading import load_model
 from tests.conftest import write_image
-from tests.utils.test_backends import NAMES, make_checkpoint
+from tests.deploy.test_backends import NAMES, make_checkpoint
 from utils.gradcam import GradCAMPlusPlus, class_scores, gradcam_plus_plus, to_original
-from utils.predictor import PredictOptions, Predictor
 
 
 def test_gradcam_plus_plus_on_a_linear_score():

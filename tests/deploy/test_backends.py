@@ -11,13 +11,13 @@ import torch
 import yaml
 
 import export
+from deploy.backends import DetectBackend, load_backend
+from engine.predictor import PredictOptions, Predictor
 from models.loading import load_model, save_model
 from models.yolo import Model
 from tests.conftest import TINY, write_image
-from utils.backends import DetectBackend, load_backend
 from utils.boxes import box_iou
 from utils.checkpoints import CheckpointError
-from utils.predictor import PredictOptions, Predictor
 
 NAMES = ["crazing", "inclusion", "scratches"]
 REPO = Path(__file__).resolve().parents[2]

@@ -22,14 +22,14 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from deploy.backends import ExportMetadata, load_backend
+from engine.validator import ValOptions, ValResult, run_validation
 from utils.augmentations import letterbox
-from utils.backends import ExportMetadata, load_backend
 from utils.checkpoints import CheckpointError
 from utils.data_config import DataConfig
 from utils.dataloaders import create_dataloader
 from utils.files import atomic_write_bytes
 from utils.sources import read_image
-from utils.validator import ValOptions, ValResult, run_validation
 
 LOGGER = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, ba
     loader, _ = create_dataloader(data.images(split), size, batch_size, stride, rect=fixed is None,
                                   workers=workers, shuffle=False, nc=data.nc, prefix=f"{split}: ",
                                   dataset_kwargs={"pad": VAL_RECT_PAD} if fixed is None else {})
-    with quieter("utils.validator"):
+    with quieter("engine.validator"):
         return run_validation(model, loader, data.names, None, ValOptions(plots=False), device=torch.device("cpu"))
 
 

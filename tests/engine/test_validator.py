@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engine.validator import ValOptions, ValResult, coco_image_id, run_validation, write_coco_ground_truth
 from utils.boxes import xyxy2xywh
 from utils.dataloaders import create_dataloader
-from utils.validator import ValOptions, ValResult, coco_image_id, run_validation, write_coco_ground_truth
 
 NAMES = ["crazing", "inclusion", "scratches"]
 NC = len(NAMES)

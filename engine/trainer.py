@@ -1,6 +1,6 @@
 """The training loop shared by train.py and train_distill.py.
 
-One Trainer runs any task (utils.tasks): warm-up, linear/cosine LR, EMA, gradient accumulation to a
+One Trainer runs any task (engine.tasks): warm-up, linear/cosine LR, EMA, gradient accumulation to a
 nominal batch of 64, AMP on CUDA, per-epoch validation, atomic best/last checkpoints, exact
 --resume, early stopping, results.csv and plots, and DDP under torchrun.
 """
@@ -21,6 +21,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from engine.tasks import DetectionTask
+from engine.validator import ValOptions, run_validation
 from models.loading import build_from_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
@@ -33,10 +35,8 @@ from utils.image_size import check_img_size
 from utils.loss import LossGains
 from utils.optim import build_optimizer, lr_factor, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.tasks import DetectionTask
 from utils.torch_utils import (ModelEMA, barrier, channels_last, de_parallel, distributed_env, init_distributed,
                                init_seeds, is_main_process, select_device)
-from utils.validator import ValOptions, run_validation
 
 LOGGER = logging.getLogger(__name__)
 TRANSFER_WARN_SHARE = 0.9  # --weights filling less of the model than this is warned about: another architecture

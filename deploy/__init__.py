@@ -1,0 +1,1 @@
+"""Export formats, the runtimes that read them (ONNX Runtime, TorchScript) and INT8 quantization."""

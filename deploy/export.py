@@ -1,0 +1,128 @@
+"""The export formats: TorchScript and ONNX files that carry their metadata, and the check that an export
+reproduces PyTorch. export.py is the command line over these.
+
+Exports return only the decoded (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+
+from deploy.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
+from models.loading import load_model
+from models.yolo import Model, reads_side_inputs
+from utils.checkpoints import load_checkpoint
+from utils.files import atomic_write_bytes
+from utils.image_size import check_img_size
+
+LOGGER = logging.getLogger(__name__)
+FORMATS = ("torchscript", "onnx")
+MIN_OPSET = 17
+VERIFY_TOLERANCE = 1e-2  # max |difference| of decoded outputs (pixels, probabilities) before a warning
+
+
+class ImagesOnly(nn.Module):
+    """Images -> decoded detections: what the exporters trace (Model.forward also takes side inputs)."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+        self.eval()  # exporters restore the wrapper's mode, recursively, when they finish
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
+    """Load, refuse D3N teachers, fuse, and make Detect return the decoded tensor only."""
+    if weights.suffix.lower() in (".onnx", ".torchscript"):
+        raise ValueError(f"{weights}: already an export; pass the .pt checkpoint")
+    if reads_side_inputs(load_checkpoint(weights, expect="detector").get("model_yaml") or {}):
+        # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
+        raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
+    model = load_model(weights, device, fuse=True)
+    model.detect.export = True
+    return model.half() if half else model
+
+
+def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
+    """--imgsz H [W] -> (h, w), each rounded up to a multiple of the model's largest stride."""
+    if len(imgsz) not in (1, 2) or min(imgsz) < 1:
+        raise ValueError(f"--imgsz {' '.join(map(str, imgsz))}: expected one or two positive sizes")
+    h, w = (imgsz * 2)[:2]
+    return check_img_size(h, stride), check_img_size(w, stride)
+
+
+def export_torchscript(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path) -> Path:
+    """Traced module with ExportMetadata in its extra files; shapes stay symbolic (any size runs)."""
+    meta = dataclasses.replace(meta, dynamic=True)  # traced size ops are recorded, not baked in (tested)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format users run
+        traced = torch.jit.trace(ImagesOnly(model), example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_CONFIG: json.dumps(meta.to_strings())})
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def export_onnx(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path, opset: int = MIN_OPSET,
+                simplify: bool = False) -> Path:
+    """ONNX graph `images` (B, 3, H, W) -> `output0` (B, N, 5 + nc), ExportMetadata in metadata_props."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset}: this exporter needs opset {MIN_OPSET} or newer")
+    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"},
+                    "output0": {0: "batch", 1: "anchors"}} if meta.dynamic else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))  # "legacy exporter" notes
+        torch.onnx.export(ImagesOnly(model), (example,), buffer, opset_version=opset, input_names=["images"],
+                          output_names=["output0"], dynamic_axes=dynamic_axes, do_constant_folding=True,
+                          dynamo=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    if simplify:
+        proto = simplify_onnx(proto)
+    for key, value in meta.to_strings().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def simplify_onnx(proto):
+    """onnxsim when installed; ONNX Runtime applies the same constant folding at load time anyway."""
+    try:
+        import onnxsim
+    except ImportError:
+        LOGGER.warning("WARNING: --simplify: onnxsim is not installed; exporting the graph unsimplified "
+                       "(ONNX Runtime folds constants when it loads the model)")
+        return proto
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        LOGGER.warning("WARNING: --simplify: onnxsim could not check its result; keeping the original graph")
+        return proto
+    return simplified
+
+
+def verify_export(path: Path, model: Model, example: torch.Tensor) -> float:
+    """Max |difference| between the export and PyTorch on a random input of the example's shape."""
+    x = torch.rand(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
+    with torch.inference_mode():
+        expected = model(x).float()
+        got = load_backend(path, example.device)(x)
+    diff = float((got - expected).abs().max())
+    if diff > VERIFY_TOLERANCE:
+        LOGGER.warning("WARNING: %s: max |output - PyTorch| = %.2g on a random input (expected < %g)", path, diff,
+                       VERIFY_TOLERANCE)
+    else:
+        LOGGER.info("%s: max |output - PyTorch| = %.2g on a random input", path, diff)
+    return diff

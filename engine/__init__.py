@@ -1,0 +1,1 @@
+"""What is done with a network: the trainer, the tasks (losses) it runs, the validator and the predictor."""
