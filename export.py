@@ -22,7 +22,8 @@ import torch
 
 from deploy.backends import ExportMetadata
 from deploy.export import FORMATS, MIN_OPSET, check_imgsz, export_onnx, export_torchscript, prepare_model, verify_export
-from deploy.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
+from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
+from engine.validate import evaluate
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.logging import set_logging

@@ -31,7 +31,8 @@ import torch
 import export
 from benchmarks.reference_yolov5 import INSTALL_HINT, export_reference_onnx, quietly, reference_model
 from deploy.backends import load_backend, onnx_session
-from deploy.quantize import INT8_FORMATS, calibration_files, evaluate, quantize_onnx
+from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
+from engine.validate import evaluate
 from engine.predictor import PredictOptions, Predictor
 from models.loading import save_model
 from models.yolo import Model

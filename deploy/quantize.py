@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -23,33 +22,14 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.backends import ExportMetadata, load_backend
-from engine.validator import ValOptions, ValResult, run_validation
 from utils.augmentations import letterbox
-from utils.checkpoints import CheckpointError
-from utils.data_config import DataConfig
-from utils.dataloaders import create_dataloader
 from utils.files import atomic_write_bytes
+from utils.logging import quieter
 from utils.sources import read_image
 
 LOGGER = logging.getLogger(__name__)
 
 INT8_FORMATS = ("qdq", "qoperator")  # QuantizeLinear/DequantizeLinear pairs, or QLinear* operators
-VAL_RECT_PAD = 0.5  # as val.py: rect batches get half a stride of border
-
-
-@contextmanager
-def quieter(*names: str, level: int = logging.WARNING) -> Iterator[None]:
-    """Raise loggers to `level` for a while: ORT's quantizer logs a line per tensor on the root logger,
-    and the mAP check needs no per-class table."""
-    loggers = [logging.getLogger(n) for n in names]
-    before = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(level, lg.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, before):
-            lg.setLevel(lv)
 
 
 def calibration_files(files: list[Path], n: int = 64) -> list[Path]:
@@ -129,30 +109,3 @@ def quantize_onnx(src: str | Path, dst: str | Path, calib: list[Path], fmt: str 
     LOGGER.info("int8 (%s): %s, calibrated on %d images, first layer and Detect head kept fp32 (%d nodes)",
                 fmt, dst, len(calib), len(excluded))
     return dst
-
-
-def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, batch_size: int = 32,
-             workers: int = 2, split: str = "val") -> ValResult:
-    """mAP of any back-end (.pt / .onnx / .torchscript) on a split, as val.py scores it, without plots.
-
-    Static exports take their exported square size (letterboxed, no rect batches).
-    """
-    model = load_backend(weights, "cpu")
-    fixed = getattr(model, "fixed_hw", None)
-    if fixed is not None and fixed[0] != fixed[1]:
-        raise CheckpointError(f"{weights}: a static {fixed[0]}x{fixed[1]} export cannot be scored on square "
-                              "batches; re-export with --dynamic")
-    size = fixed[0] if fixed is not None else int(imgsz or _export_size(model))
-    stride = max(int(model.stride.max()), 32)
-    loader, _ = create_dataloader(data.images(split), size, batch_size, stride, rect=fixed is None,
-                                  workers=workers, shuffle=False, nc=data.nc, prefix=f"{split}: ",
-                                  dataset_kwargs={"pad": VAL_RECT_PAD} if fixed is None else {})
-    with quieter("engine.validator"):
-        return run_validation(model, loader, data.names, None, ValOptions(plots=False), device=torch.device("cpu"))
-
-
-def _export_size(model) -> int:
-    meta = getattr(model, "meta", None)
-    if meta is None:
-        raise ValueError("evaluate: pass imgsz for a .pt checkpoint")
-    return max(meta.imgsz)

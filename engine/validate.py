@@ -1,5 +1,5 @@
 """`validate(...)`: a checkpoint or export scored on a split of a data YAML — what val.py, the D3N
-pipeline and the ablation runner call.
+pipeline, the ablation runner and export.py's int8 check (`evaluate`) call.
 
 It loads the model and the split, checks that they fit each other (classes, side inputs), applies the
 side inputs' input rules and runs the shared evaluation loop; outputs go to `save_dir` when one is given.
@@ -18,7 +18,9 @@ from deploy.backends import load_backend
 from engine.plugins import SideInputs, apply_input_rules
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.checkpoints import CheckpointError
 from utils.image_size import check_img_size
+from utils.logging import quieter
 from utils.torch_utils import select_device
 from engine.validator import ValOptions, ValResult, run_validation
 
@@ -99,3 +101,21 @@ def validate(run: ValidationRun, options: ValOptions | None = None, inputs: Side
     loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)
     names = ["item"] if options.single_cls else data.names
     return run_validation(model, loader, names, run.save_dir, options, device=device)
+
+
+def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, batch_size: int = 32,
+             workers: int = 2, split: str = "val") -> ValResult:
+    """mAP of any back-end (.pt / .onnx / .torchscript) on a split on the CPU, as val.py scores it, without
+    plots or tables: export.py's before/after check of int8. Static exports take their exported square size."""
+    model = load_eval_model(Path(weights), torch.device("cpu"))
+    fixed = getattr(model, "fixed_hw", None)
+    if fixed is not None and fixed[0] != fixed[1]:
+        raise CheckpointError(f"{weights}: a static {fixed[0]}x{fixed[1]} export cannot be scored on square "
+                              "batches; re-export with --dynamic")
+    meta = getattr(model, "meta", None)
+    if fixed is None and imgsz is None and meta is None:
+        raise ValueError("evaluate: pass imgsz for a .pt checkpoint")
+    size = fixed[0] if fixed is not None else int(imgsz or max(meta.imgsz))
+    job = ValidationRun(Path(weights), data.yaml_path, split, size, batch_size, device="cpu", workers=workers)
+    with quieter("engine.validator"):
+        return validate(job, ValOptions(plots=False), model=model)

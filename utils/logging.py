@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def set_logging(verbose: bool = True) -> logging.Logger:
@@ -17,3 +19,18 @@ def set_logging(verbose: bool = True) -> logging.Logger:
         root.addHandler(handler)
     root.setLevel(level)
     return root
+
+
+@contextmanager
+def quieter(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise loggers to `level` for a while: ORT's quantizer logs a line per tensor on the root logger,
+    and the mAP check needs no per-class table."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, before):
+            lg.setLevel(lv)
