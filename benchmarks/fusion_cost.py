@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-import d3n_ext.fusion  # noqa: F401  (registers the fusion blocks)
-from d3n_ext.cross_fusion import TABLE_I_VARIANTS, CrossFusion
-from d3n_ext.freq_filter import FreqFilter
-from d3n_ext.fusion_variants import FuseConcat, FuseSum, FuseWeightedSum
+import d3n_ext.fusion.blocks  # noqa: F401  (registers the fusion blocks)
+from d3n_ext.fusion.cross_fusion import TABLE_I_VARIANTS, CrossFusion
+from d3n_ext.fusion.freq_filter import FreqFilter
+from d3n_ext.fusion.baselines import FuseConcat, FuseSum, FuseWeightedSum
 from models.yolo import Model
 
 LEVELS = {  # level: ((C, H, W) of the detector map, (C_y, h, w) of the DDPM map)

@@ -33,8 +33,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import d3n_ext  # noqa: F401  (registers FeatureMapper and the fusion blocks)
-from d3n_ext.binding import bind_levels, preset_levels
-from d3n_ext.feature_mapper import FeatureMapper
+from d3n_ext.fusion.binding import bind_levels, preset_levels
+from d3n_ext.fusion.feature_mapper import FeatureMapper
 from models.yolo import Model, load_model_yaml
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss

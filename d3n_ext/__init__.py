@@ -1,7 +1,10 @@
 """D3N plug-in: diffusion features for a YOLOv5 teacher, registered into the core's YAML block registry.
 
-Importing this package registers its blocks (FeatureMapper, FreqFilter, CrossFusion and the fusion
-baselines) so model YAMLs can name them; the core (`models/`, `utils/`) never imports it.
+One folder per stage of the paper: `stage1/` (DDPM, features, ResVAE, latent repository), `fusion/`
+(the teacher's blocks and its training task), `distill.py` (the student), `experiments/` (pipeline,
+ablation, probe, tables). Importing this package registers the fusion blocks (FeatureMapper,
+FreqFilter, CrossFusion and the Table II baselines) so model YAMLs can name them; the core
+(`models/`, `utils/`) never imports it.
 """
 
-from d3n_ext import feature_mapper, fusion  # noqa: F401  (register the FeatureMapper and fusion blocks)
+from d3n_ext.fusion import baselines, cross_fusion, feature_mapper, freq_filter  # noqa: F401  (register the blocks)
