@@ -7,4 +7,4 @@ FreqFilter, CrossFusion and the Table II baselines) so model YAMLs can name them
 (`models/`, `utils/`) never imports it.
 """
 
-from d3n_ext.fusion import baselines, cross_fusion, feature_mapper, freq_filter  # noqa: F401  (register the blocks)
+from d3n_ext.fusion import feature_mapper, freq_filter, cross_fusion, baselines  # noqa: F401  (register, in the paper's order)

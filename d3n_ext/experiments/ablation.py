@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from d3n_ext.fusion.binding import row_module, yaml_rows
-from d3n_ext.fusion.blocks import FUSION_VARIANTS, fusion_row
+from d3n_ext.fusion.binding import yaml_rows
+from d3n_ext.fusion.blocks import blocks_with_role, fusion_row, row_role
 from d3n_ext.experiments.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, report_split,
                               stage1, train_options, train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
@@ -30,7 +30,6 @@ from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text
 from utils.trainer import StopTraining
 
-FUSION_BLOCKS = {name for name, _ in FUSION_VARIANTS.values()}
 PAPER_NEU_DET = {  # mAP@0.5 on NEU-DET (the paper's Tables II and III) beside ours, for the shape
     "concat1x1": 77.6, "sum": 77.4, "wsum": 78.2, "dcf": 79.0,
     "pca": 73.2, "resvae": 77.8, "resvae+freqfilter": 78.1}
@@ -65,20 +64,20 @@ TABLE_ROWS: dict[str, list[AblationRow]] = {
 
 def ablate_yaml(cfg: dict, fusion: str | None, freq_filter: bool, kv_tokens: int) -> dict:
     """A copy of a D3N model YAML dict with every fusion row set to `fusion` (None keeps them) and, without
-    `freq_filter`, every FreqFilter row an identity. Row indices never change, so `from` stays valid.
-    CrossFusion rows get `kv_tokens` as their key/value cap (the lite YAMLs' way of staying affordable)."""
+    `freq_filter`, every filter row (FreqFilter) an identity. Row indices never change, so `from` stays valid.
+    Fusion rows with attention get `kv_tokens` as their key/value cap (the lite YAMLs' way of staying affordable)."""
     cfg = copy.deepcopy(cfg)
     source = cfg.get("yaml_file", "<dict>")
     rows = [row for _, _, row in yaml_rows(cfg)]
-    fusion_rows = [r for r in rows if row_module(r) in FUSION_BLOCKS]
-    filters = [r for r in rows if row_module(r) == "FreqFilter"]
+    fusion_rows = [r for r in rows if row_role(r) == "fusion"]
+    filters = [r for r in rows if row_role(r) == "filter"]
     if not fusion_rows:
-        raise ModelConfigError(f"{source}: no fusion rows ({', '.join(sorted(FUSION_BLOCKS))}) to ablate; "
-                               "use a D3N model YAML such as yolov5n-d3n-lite.yaml")
+        raise ModelConfigError(f"{source}: no fusion rows ({', '.join(sorted(blocks_with_role('fusion')))}) to "
+                               "ablate; use a D3N model YAML such as yolov5n-d3n-lite.yaml")
     if fusion is not None:
-        name, args = fusion_row(fusion)
+        name, args = fusion_row(fusion, kv_tokens)
         for row in fusion_rows:
-            row[2], row[3] = name, args + [kv_tokens] if name == "CrossFusion" else list(args)
+            row[2], row[3] = name, list(args)
     if not freq_filter:
         for row in filters:
             row[2], row[3] = "nn.Identity", []

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from d3n_ext.fusion.inputs import (DDPMProjection, OutputGate, check_single_repeat, fusion_channels, resize_to,
-                                   split_pair)
+from d3n_ext.fusion.inputs import (DDPMProjection, FusionBlock, OutputGate, check_single_repeat, fusion_channels,
+                                   resize_to, split_pair)
 from models.common import Conv
 from models.registry import BuildContext, register_block
 
 
-class _PairFusion(nn.Module):
+class _PairFusion(FusionBlock):
     """Shared YAML builder: two inputs, an optional gate arg, output channels = X's."""
 
     def __init__(self, c_x: int, c_y: int, gate: str = "none"):
@@ -44,6 +44,8 @@ class _PairFusion(nn.Module):
 class FuseConcat(_PairFusion):
     """Conv1x1(concat(X, Y resized to X's grid)): YOLOv5's Conv (conv-BN-SiLU) back to C_x channels."""
 
+    ablation_variants = {"concat1x1": []}  # 77.6
+
     def __init__(self, c_x: int, c_y: int, gate: str = "none"):
         super().__init__(c_x, c_y, gate)
         self.conv = Conv(c_x + c_y, c_x, 1)
@@ -57,6 +59,8 @@ class FuseConcat(_PairFusion):
 class FuseSum(_PairFusion):
     """X + Y′, with Y′ the 1x1 projection of Y resized to X's grid."""
 
+    ablation_variants = {"sum": []}  # 77.4
+
     def __init__(self, c_x: int, c_y: int, gate: str = "none"):
         super().__init__(c_x, c_y, gate)
         self.project = DDPMProjection(c_y, c_x)
@@ -69,6 +73,8 @@ class FuseSum(_PairFusion):
 @register_block()
 class FuseWeightedSum(_PairFusion):
     """w_det·X + w_ddpm·Y′ with (w_det, w_ddpm) = softmax(β), β initialised to 0 (equal weights)."""
+
+    ablation_variants = {"wsum": []}  # 78.2
 
     def __init__(self, c_x: int, c_y: int, gate: str = "none"):
         super().__init__(c_x, c_y, gate)

@@ -1,17 +1,17 @@
 """Binding a D3N model YAML to a feature repository: row args from the manifest, decoder weights from its files.
 
 A D3N YAML (models/yolov5s-d3n.yaml) builds on its own with the paper preset's sizes, so its layer
-table prints without a repository. Training binds it: `bind_repository` rewrites the SideInput,
-FeatureMapper and FreqFilter rows to the repository's channels, timesteps, grids and decoder
-architecture (the YAML dict is what checkpoints keep, so a teacher rebuilds from it alone), and
-`load_repository_weights` copies the frozen decoders in. The model's side inputs meet the
+table prints without a repository. Training binds it: `bind_repository` rewrites the mapper rows
+(FeatureMapper), the SideInput rows they read and the filter rows (FreqFilter) that read them to the
+repository's channels, timesteps, grids and decoder architecture (the YAML dict is what checkpoints
+keep, so a teacher rebuilds from it alone), and `load_repository_weights` copies the frozen decoders
+in. Rows are found by the role their block declares (blocks.py), each block rewriting its own args. The model's side inputs meet the
 repository's levels by stride (8/16/32 = P3/P4/P5), which binding makes consistent.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from d3n_ext.fusion.feature_mapper import FeatureMapper, MapperSpec
-from d3n_ext.stage1.repository import LatentRepository
+from d3n_ext.fusion.blocks import blocks_with_role, modules_with_role, row_block, row_role
+from d3n_ext.fusion.feature_mapper import MapperSpec
 from d3n_ext.stage1.checkpoints import load_compressors
 from d3n_ext.stage1.config import load_stage1_config
+from d3n_ext.stage1.repository import LatentRepository
+from models.common import SideInput
 from models.yolo import ModelConfigError
 from utils.checkpoints import CheckpointError, load_checkpoint
 
@@ -70,9 +72,10 @@ def yaml_rows(cfg: dict) -> list[tuple[str, int, list]]:
     return [(section, j, r) for section in ("backbone", "head") for j, r in enumerate(cfg[section])]
 
 
-def row_module(row) -> str | None:
-    """The module name of a well-formed row (malformed ones are left for the parser to report)."""
-    return str(row[2]) if isinstance(row, list) and len(row) == 4 else None
+def is_side_input(row) -> bool:
+    """Whether a YAML row is one of the core's SideInput rows (the model's extra inputs)."""
+    cls = row_block(row)
+    return cls is not None and issubclass(cls, SideInput)
 
 
 def _single_from(row: list, i: int) -> int | None:
@@ -109,43 +112,42 @@ def bind_repository(cfg: dict, repo: LatentRepository) -> dict:
 
 
 def bind_levels(cfg: dict, levels: list[LevelBinding], what: str) -> dict:
-    """A copy of the model YAML dict whose SideInput, FeatureMapper and FreqFilter rows read `levels`."""
+    """A copy of the model YAML dict whose mapper rows, their SideInputs and their filters read `levels`."""
     cfg, source = copy.deepcopy(cfg), cfg.get("yaml_file", "<dict>")
     rows = yaml_rows(cfg)
-    mappers = [i for i, (_, _, r) in enumerate(rows) if row_module(r) == "FeatureMapper"]
+    mappers = [i for i, (_, _, r) in enumerate(rows) if row_role(r) == "mapper"]
     if not mappers:
-        raise ModelConfigError(f"{source}: no FeatureMapper rows, so nothing reads {what}; "
-                               "use a D3N model YAML such as yolov5s-d3n.yaml")
+        raise ModelConfigError(f"{source}: no {'/'.join(blocks_with_role('mapper'))} rows, so nothing reads "
+                               f"{what}; use a D3N model YAML such as yolov5s-d3n.yaml")
     for i in mappers:
         section, j, row = rows[i]
-        where = f"{source}: {section} row {j} (layer {i}) FeatureMapper"
+        mapper, where = row_block(row), f"{source}: {section} row {j} (layer {i}) {row[2]}"
         args = list(row[3]) if isinstance(row[3], list) else [row[3]]
-        level = args[0] if args else 0
+        level = mapper.level_of(args)
         if not isinstance(level, int) or not 0 <= level < len(levels):
             raise ModelConfigError(f"{where} asks for level {level!r}, but {what} has {len(levels)} levels "
                                    f"(0..{len(levels) - 1} = P3, P4, P5)")
         bound = levels[level]
-        spec = dataclasses.replace(bound.spec, combine=args[7] if len(args) > 7 else "concat")  # the YAML's choice
-        row[3] = spec.to_args()
+        row[3] = mapper.bind_args(args, bound)
         src = _single_from(row, i)
-        if src is None or not 0 <= src < i or row_module(rows[src][2]) != "SideInput":
+        if src is None or not 0 <= src < i or not is_side_input(rows[src][2]):
             raise ModelConfigError(f"{where} must read a SideInput row (its 'from' names layer {src})")
         side = rows[src][2]
-        side[3] = [side[3][0], spec.in_channels, bound.stride]
+        side[3] = [side[3][0], mapper.side_input_channels(row[3]), bound.stride]
         for k, (_, _, other) in enumerate(rows):
-            if k > i and row_module(other) == "FreqFilter" and _single_from(other, k) == i:
-                other[3] = list(bound.hw)
+            if k > i and row_role(other) == "filter" and _single_from(other, k) == i:
+                other[3] = row_block(other).bind_args(other[3], bound)
     return cfg
 
 
 def load_repository_weights(model: nn.Module, repo: LatentRepository) -> nn.Module:
-    """Copy the repository's frozen decoders and feature statistics into the model's FeatureMappers."""
+    """Copy the repository's frozen decoders and feature statistics into the model's mappers (FeatureMapper)."""
     fp = repository_fingerprint(repo)
-    mappers = [m for m in model.modules() if isinstance(m, FeatureMapper)]
+    mappers = [m for _, m in modules_with_role(model, "mapper")]
     for m in mappers:
         if m.spec.fingerprint != fp:
-            raise ValueError(f"{repo.root}: layer {getattr(m, 'i', '?')} FeatureMapper was bound to a repository with "
-                             f"fingerprint {m.spec.fingerprint or '(none)'}, this one has {fp}; bind the YAML to it")
+            raise ValueError(f"{repo.root}: layer {getattr(m, 'i', '?')} {type(m).__name__} was bound to a repository "
+                             f"with fingerprint {m.spec.fingerprint or '(none)'}, this one has {fp}; bind the YAML to it")
     if repo.kind == "raw" or not mappers:
         return model
     _, compressors, _ = load_compressors(repo.weight_file("compressor"))
@@ -159,11 +161,11 @@ def check_bound_to(model_yaml: dict, repo: LatentRepository, source: str) -> Non
     """Refuse a repository whose latents the model's decoders were not trained on (other stage-1 weights)."""
     fp = repository_fingerprint(repo)
     for i, (_, _, row) in enumerate(yaml_rows(model_yaml)):
-        if row_module(row) != "FeatureMapper":
+        if row_role(row) != "mapper":
             continue
-        bound = row[3][8] if len(row[3]) > 8 else ""
+        bound = row_block(row).bound_fingerprint(row[3])
         if not bound:
-            LOGGER.warning("%s: layer %d FeatureMapper was never bound to a repository (random decoder)", source, i)
+            LOGGER.warning("%s: layer %d %s was never bound to a repository (random decoder)", source, i, row[2])
         elif bound != fp:
             raise ValueError(f"{source}: trained on latents of a repository with fingerprint {bound}, but {repo.root} "
                              f"has {fp} (other DDPM/VAE weights or timesteps); pass the repository it was trained with")
@@ -172,7 +174,7 @@ def check_bound_to(model_yaml: dict, repo: LatentRepository, source: str) -> Non
 def side_inputs_of_yaml(model_yaml: dict) -> dict[str, tuple[int, int]]:
     """{name: (channels, stride)} of a model YAML dict's SideInput rows, as Model.side_inputs gives them."""
     return {str(r[3][0]): (int(r[3][1]), int(r[3][2]) if len(r[3]) > 2 else 8)
-            for _, _, r in yaml_rows(model_yaml) if row_module(r) == "SideInput"}
+            for _, _, r in yaml_rows(model_yaml) if is_side_input(r)}
 
 
 def levels_by_stride(side_inputs: dict[str, tuple[int, int]], repo: LatentRepository) -> dict[str, int]:

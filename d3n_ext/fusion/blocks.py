@@ -1,39 +1,78 @@
-"""The fusion blocks of stage 2 (III-C), registered under their YAML names on import.
+"""The plug-in's blocks, found through the core's block registry by the role each class declares.
 
-Importing this module makes `FreqFilter`, `CrossFusion`, `FuseConcat`, `FuseSum` and
-`FuseWeightedSum` nameable in model YAMLs. `FUSION_VARIANTS` maps the ablation's `fusion=` names
-(D3N-SPEC §4, Tables I–II) to the block and args a YAML fusion row takes.
+A block tells the plug-in what it is with class attributes, so registering it (one class, one
+decorator) is all a new block needs; nothing here or in binding, the ablation or the fusion log
+names a block:
+
+    d3n_role = "mapper"   decodes one repository level's latents (FeatureMapper). Binding asks it
+                          `level_of(args)`, `bind_args(args, level)`, `side_input_channels(args)` and
+                          `bound_fingerprint(args)`, then loads its frozen decoder (`load_decoder`).
+    d3n_role = "filter"   works on a mapper's output on the DDPM grid (FreqFilter); binding rewrites
+                          its args with `bind_args(args, level)`, the ablation swaps it for an identity.
+    d3n_role = "fusion"   merges [X, Y] into a map shaped like X (subclasses of inputs.FusionBlock:
+                          CrossFusion and Table II's baselines). `ablation_variants` are its names in the
+                          ablation's `fusion=` (Tables I–II), `fusion_weights()` its branch weights (Fig. 11).
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from d3n_ext.fusion.cross_fusion import TABLE_I_VARIANTS, CrossFusion, FusionSwitches
-from d3n_ext.fusion.freq_filter import FreqFilter
-from d3n_ext.fusion.baselines import FuseConcat, FuseSum, FuseWeightedSum
+from models.registry import BLOCKS
 
-__all__ = ["FUSION_VARIANTS", "CrossFusion", "FreqFilter", "FuseConcat", "FuseSum", "FuseWeightedSum",
-           "FusionSwitches", "collect_fusion_weights", "fusion_row"]
-
-# fusion= name -> (block name, YAML args); the paper's mAP@0.5 on NEU-DET in the comments
-FUSION_VARIANTS: dict[str, tuple[str, list]] = {
-    **{v: ("CrossFusion", [v, 4]) for v in TABLE_I_VARIANTS},  # 77.2 76.3 76.7 78.2 78.6 79.0
-    "concat1x1": ("FuseConcat", []),  # 77.6
-    "sum": ("FuseSum", []),  # 77.4
-    "wsum": ("FuseWeightedSum", []),  # 78.2
-}
+ROLES = ("mapper", "filter", "fusion")
 
 
-def fusion_row(fusion: str) -> tuple[str, list]:
-    """(block name, args) of a fusion row for an ablation's `fusion=` name."""
-    if fusion not in FUSION_VARIANTS:
-        raise ValueError(f"fusion={fusion!r}: expected one of {', '.join(FUSION_VARIANTS)}")
-    name, args = FUSION_VARIANTS[fusion]
-    return name, list(args)
+def blocks_with_role(role: str) -> dict[str, type]:
+    """YAML name -> class of every registered block declaring `d3n_role = role`, in registration order."""
+    if role not in ROLES:
+        raise ValueError(f"block role {role!r}: expected one of {ROLES}")
+    return {name: e.cls for name, e in BLOCKS.items() if getattr(e.cls, "d3n_role", None) == role}
+
+
+def row_block(row) -> type | None:
+    """The registered class of a well-formed YAML row's module (malformed rows and unknown names: None,
+    left for the parser to report)."""
+    if not (isinstance(row, list) and len(row) == 4):
+        return None
+    entry = BLOCKS.get(str(row[2]))
+    return entry.cls if entry else None
+
+
+def row_role(row) -> str | None:
+    """The `d3n_role` of a YAML row's block, None for the core's blocks."""
+    return getattr(row_block(row), "d3n_role", None)
+
+
+def modules_with_role(model: nn.Module, role: str) -> list[tuple[str, nn.Module]]:
+    """(module name, module) of every block of a built model whose class declares `role`."""
+    kinds = tuple(blocks_with_role(role).values())
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def fusion_variants() -> dict[str, str]:
+    """The ablation's `fusion=` names -> the YAML name of the block each sets, over every fusion block."""
+    variants: dict[str, str] = {}
+    for name, cls in blocks_with_role("fusion").items():
+        for variant in cls.ablation_variants:
+            if variant in variants:
+                raise ValueError(f"fusion={variant!r} is claimed by both {variants[variant]} and {name}; "
+                                 "rename one of their ablation_variants")
+            variants[variant] = name
+    return variants
+
+
+def fusion_row(fusion: str, kv_tokens: int | None = None) -> tuple[str, list]:
+    """(block name, args) of a fusion row for an ablation's `fusion=` name; `kv_tokens` caps attention
+    keys/values in blocks that have them (None: the block's default)."""
+    variants = fusion_variants()
+    if fusion not in variants:
+        raise ValueError(f"fusion={fusion!r}: expected one of {', '.join(variants)}")
+    name = variants[fusion]
+    return name, BLOCKS[name].cls.ablation_args(fusion, kv_tokens)
 
 
 def collect_fusion_weights(model: nn.Module) -> dict[str, dict[str, float]]:
     """Per fusion layer (keyed by its YAML index, else its module name) the branch weights (Fig. 11)."""
-    return {str(getattr(m, "i", name)): m.fusion_weights() for name, m in model.named_modules()
-            if isinstance(m, (CrossFusion, FuseConcat, FuseSum, FuseWeightedSum)) and m.fusion_weights()}
+    return {str(getattr(m, "i", name)): m.fusion_weights() for name, m in modules_with_role(model, "fusion")
+            if m.fusion_weights()}

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from d3n_ext.fusion.attention import MapAttention
-from d3n_ext.fusion.inputs import (DDPMProjection, OutputGate, check_single_repeat, fusion_channels, resize_to,
-                                   split_pair)
+from d3n_ext.fusion.inputs import (DDPMProjection, FusionBlock, OutputGate, check_single_repeat, fusion_channels,
+                                   resize_to, split_pair)
 from models.registry import BuildContext, register_block
 
 SWITCH_TOKENS = {"sa": "dual_self_attention", "ws": "weighted_sum", "res": "residual", "norm": "norm"}
@@ -66,8 +66,10 @@ class FusionSwitches:
 
 
 @register_block()
-class CrossFusion(nn.Module):
+class CrossFusion(FusionBlock):
     """Z = [X +] Σ w_i B_i over the branches the switches leave (module docstring); output like X."""
+
+    ablation_variants = {v: [v, 4] for v in TABLE_I_VARIANTS}  # [variant, heads]
 
     def __init__(self, c_x: int, c_y: int, heads: int = 4, variant: str = "dcf", max_tokens: int = 4096,
                  gate: str = "none", dual_self_attention: bool | None = None, weighted_sum: bool | None = None,
@@ -96,6 +98,12 @@ class CrossFusion(nn.Module):
         if any(not isinstance(a, int) or isinstance(a, bool) for a in args[1:3]):
             raise ValueError(f"CrossFusion heads and max_tokens must be ints, got {args[1:3]!r}")
         return cls(c_x, c_y, **dict(zip(("variant", "heads", "max_tokens", "gate"), args))), c_x
+
+    @classmethod
+    def ablation_args(cls, variant: str, kv_tokens: int | None = None) -> list:
+        """[variant, heads] and, given `kv_tokens`, the key/value cap (the lite YAMLs' way of staying affordable)."""
+        args = super().ablation_args(variant)
+        return args if kv_tokens is None else args + [kv_tokens]
 
     def branch_weights(self) -> torch.Tensor:
         """softmax(α) over the branches, or ones for a plain sum; (len(branches),)."""

@@ -14,7 +14,9 @@ is kept for it. Timesteps are decoded separately and combined afterwards (D3N-SP
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -23,6 +25,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from d3n_ext.stage1.features import FeatureDecoder, combine_timesteps
 from d3n_ext.stage1.resvae import ResVAEConfig, ResVAEDecoder
 from models.registry import BuildContext, register_block, single_input
+
+if TYPE_CHECKING:
+    from d3n_ext.fusion.binding import LevelBinding
 
 DECODER_KINDS = ("resvae", "pca", "raw")  # ResVAE decoder, PCA inverse (a 1x1 conv), none (raw features)
 COMBINE_MODES = ("concat", "mean")
@@ -104,6 +109,8 @@ def build_decoder(spec: MapperSpec) -> nn.Module:
 class FeatureMapper(nn.Module):
     """(B, T·C_latent, h, w) latents -> (B, T·C_feature, h, w) DDPM features (or (B, C_feature, h, w) with mean)."""
 
+    d3n_role = "mapper"  # binding sizes its row and its SideInput for a repository level (blocks.py)
+
     def __init__(self, spec: MapperSpec):
         super().__init__()
         self.spec = spec
@@ -122,6 +129,26 @@ class FeatureMapper(nn.Module):
                              f"{spec.latent_channels} latent channels = {spec.in_channels}; bind the YAML to the "
                              "repository (train.py --latents) or fix the SideInput row")
         return cls(spec), spec.out_channels
+
+    @staticmethod
+    def level_of(args: list) -> Any:
+        """The repository level a row's args ask for (checked by binding)."""
+        return args[0] if args else 0
+
+    @staticmethod
+    def bind_args(args: list, level: LevelBinding) -> list:
+        """The row's args rebuilding `level`'s decoder; the YAML keeps its own choice of `combine`."""
+        return dataclasses.replace(level.spec, combine=args[7] if len(args) > 7 else "concat").to_args()
+
+    @staticmethod
+    def side_input_channels(args: list) -> int:
+        """Channels of the SideInput a row with these (bound) args reads: T·C_latent."""
+        return MapperSpec(*args).in_channels
+
+    @staticmethod
+    def bound_fingerprint(args: list) -> str:
+        """The repository fingerprint a row was bound to, '' if never bound."""
+        return args[8] if len(args) > 8 else ""
 
     def train(self, mode: bool = True) -> "FeatureMapper":
         return super().train(False)  # the decoder is frozen: eval even while the detector trains

@@ -7,11 +7,16 @@ it at initialisation and the filter-off ablation (Table III) is clean (D3N-SPEC 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import BuildContext, register_block, single_input
+
+if TYPE_CHECKING:
+    from d3n_ext.fusion.binding import LevelBinding
 
 
 def _positive_ints(values: list, n: int, what: str) -> list[int]:
@@ -28,6 +33,7 @@ class FreqFilter(nn.Module):
     """
 
     no_weight_decay = ("weight",)
+    d3n_role = "filter"  # binding gives it the grid of the level its FeatureMapper decodes (blocks.py)
 
     def __init__(self, c: int, size: tuple[int, int]):
         super().__init__()
@@ -44,6 +50,11 @@ class FreqFilter(nn.Module):
         if n != 1:
             raise ValueError(f"FreqFilter: 'number' must be 1, got {n}")
         return cls(c, tuple(_positive_ints(args, 2, "FreqFilter args [h, w]"))), c
+
+    @staticmethod
+    def bind_args(args: list, level: LevelBinding) -> list:
+        """[h, w] of the level's DDPM grid, where W is exact (no resizing)."""
+        return list(level.hw)
 
     def complex_weight(self, h: int, w: int) -> torch.Tensor:
         """W as a complex (c, h, w//2+1) map for an h x w input.

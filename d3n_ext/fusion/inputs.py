@@ -2,10 +2,12 @@
 
 A fusion row reads `[[x, y], 1, Name, [...]]`: X (B, C, H, W) from the detector and Y (B, C_y, h, w)
 decoded from the feature repository, on the DDPM's native grid (h, w may differ from H, W). The
-blocks share one projection of Y to C channels and one resize to X's grid, defined here.
+blocks share one projection of Y to C channels, one resize to X's grid and one base class, defined here.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -83,3 +85,23 @@ class OutputGate(nn.Module):
     def log(self) -> dict[str, float]:
         """{'gate': mean |γ|} for the per-epoch fusion log, empty without a gate."""
         return {} if self.gamma is None else {"gate": float(self.gamma.detach().abs().mean())}
+
+
+class FusionBlock(nn.Module):
+    """Base of the fusion blocks: what each tells the ablation and the fusion log about itself (blocks.py).
+
+    A subclass lists its `ablation_variants` (the ablation's `fusion=` name -> the YAML args of a row
+    set to it) and reports its branch weights in `fusion_weights`; registering it is all else it needs.
+    """
+
+    d3n_role = "fusion"
+    ablation_variants: ClassVar[dict[str, list]] = {}
+
+    @classmethod
+    def ablation_args(cls, variant: str, kv_tokens: int | None = None) -> list:
+        """YAML args of a row the ablation sets to `variant`; `kv_tokens` matters only to blocks with attention."""
+        return list(cls.ablation_variants[variant])
+
+    def fusion_weights(self) -> dict[str, float]:
+        """Branch name -> weight for the per-epoch log (Fig. 11); empty for a block without learned weights."""
+        return {}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d3n_ext.fusion.blocks import FUSION_VARIANTS, collect_fusion_weights, fusion_row
-from models.registry import BLOCKS, BuildContext, lookup_block
-from models.yolo import Model, ModelConfigError
+from d3n_ext.experiments.ablation import ablate_yaml
+from d3n_ext.fusion.blocks import collect_fusion_weights, fusion_row, fusion_variants
+from d3n_ext.fusion.inputs import DDPMProjection, FusionBlock, fusion_channels
+from models.registry import BLOCKS, BuildContext, lookup_block, register_block
+from models.yolo import Model, ModelConfigError, load_model_yaml
 
 CTX = BuildContext(nc=3, anchors=None, width_multiple=0.25, depth_multiple=0.33)
 
@@ -17,7 +19,7 @@ def test_blocks_are_registered_under_their_yaml_names():
         assert BLOCKS[name].cls.__name__ == name
 
 
-@pytest.mark.parametrize("fusion", list(FUSION_VARIANTS))
+@pytest.mark.parametrize("fusion", list(fusion_variants()))
 def test_every_ablation_name_builds_a_row(fusion):
     name, args = fusion_row(fusion)
     entry = lookup_block(name)
@@ -57,3 +59,41 @@ def test_hybrid_model_trains_through_the_fusion_rows(tiny_cfg):
 def test_bad_fusion_row_names_the_row(tiny_cfg):
     with pytest.raises(ModelConfigError, match=r"head row 16 \(layer 26\).*unknown part\(s\) \['mlp'\]"):
         Model(hybrid_cfg(tiny_cfg, ["dcf+mlp", 4]))
+
+
+@pytest.fixture
+def fuse_max():
+    """A fusion block that exists only in this test: max(X, Y′), `fusion=max` in the ablation."""
+
+    @register_block()
+    class FuseMax(FusionBlock):
+        ablation_variants = {"max": []}
+
+        def __init__(self, c_x: int, c_y: int):
+            super().__init__()
+            self.project = DDPMProjection(c_y, c_x)
+
+        @classmethod
+        def from_yaml(cls, ch_in, args, n, ctx):
+            c_x, c_y = fusion_channels(ch_in, "FuseMax")
+            return cls(c_x, c_y), c_x
+
+        def fusion_weights(self) -> dict[str, float]:
+            return {"max": 1.0}
+
+        def forward(self, inputs):
+            x, y = inputs
+            return torch.maximum(x, self.project(y, x.shape[-2:]))
+
+    yield FuseMax
+    del BLOCKS["FuseMax"]
+
+
+def test_a_new_fusion_block_is_one_class_and_one_decorator(fuse_max):
+    assert fusion_variants()["max"] == "FuseMax" and fusion_row("max") == ("FuseMax", [])
+    model = Model(ablate_yaml(load_model_yaml("yolov5n-d3n-lite.yaml")[0], "max", True, kv_tokens=64))
+    fused = [m for m in model.model if isinstance(m, fuse_max)]
+    assert len(fused) == 3
+    assert collect_fusion_weights(model) == {str(m.i): {"max": 1.0} for m in fused}
+    with pytest.raises(ModelConfigError, match=r"no fusion rows \(CrossFusion, FuseConcat, FuseMax, "):
+        ablate_yaml(load_model_yaml("yolov5n.yaml")[0], "max", True, 64)
