@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from d3n_ext.stage1.diffusion import DiffusionConfig
 from d3n_ext.stage1.unet import UNetConfig
+from utils.config import dataclass_from_mapping, read_yaml_mapping, reject_unknown
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 NOISE_RULES = ("per-image", "shared")
@@ -90,28 +89,12 @@ class Stage1Config:
 SECTIONS = {f.name: f.default_factory for f in fields(Stage1Config)}
 
 
-def _section(cls: type, values: dict, where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-    try:
-        return cls(**values)
-    except TypeError as e:  # a value of the wrong kind met inside the section's checks (a list for a number, ...)
-        raise ValueError(f"{where}: {e}") from None
-
-
 def config_from_dict(raw: dict, source: str = "config") -> Stage1Config:
     """Build a Stage1Config from a (possibly partial) nested dict; missing sections take defaults."""
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"{source}: unknown sections {sorted(unknown)} (known: {sorted(SECTIONS)})")
+    reject_unknown(raw, SECTIONS, source, what="sections")
     parts = {}
     for name, factory in SECTIONS.items():
-        cls = type(factory())
-        parts[name] = _section(cls, raw.get(name) or {}, f"{source}: {name}")
+        parts[name] = dataclass_from_mapping(type(factory()), raw.get(name) or {}, f"{source}: {name}")
     return Stage1Config(**parts)
 
 
@@ -130,12 +113,7 @@ def resolve_config_path(path: str | Path) -> Path:
 def load_stage1_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Stage1Config:
     """Parse a preset YAML and apply `{'section.key': value}` overrides (from command-line flags)."""
     path = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of sections {sorted(SECTIONS)}")
+    raw = read_yaml_mapping(path, f"a mapping of sections {sorted(SECTIONS)}", empty_ok=True)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

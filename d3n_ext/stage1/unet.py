@@ -8,12 +8,13 @@ The taps are the outputs of the three deepest decoder levels' last block, the on
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.config import dataclass_from_mapping
 from utils.image_size import check_img_size
 
 NUM_TAPS = 3  # P3, P4, P5
@@ -58,10 +59,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "unet") -> "UNetConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{source}: unknown keys {sorted(unknown)} (known: {[f.name for f in fields(cls)]})")
-        return cls(**d)
+        return dataclass_from_mapping(cls, d, source)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
