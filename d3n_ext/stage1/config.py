@@ -6,7 +6,6 @@ fix the ResVAE's input channels, and the latent width sets the compression ratio
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,3 @@ def load_stage1_config(path: str | Path, overrides: dict[str, Any] | None = None
         raw[section][key] = value
     return config_from_dict(raw, str(path))
 
-
-def replace_section(cfg: Stage1Config, section: str, **changes: Any) -> Stage1Config:
-    """A copy of cfg with some keys of one section changed (configs are never mutated in place)."""
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
