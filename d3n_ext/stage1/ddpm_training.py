@@ -8,7 +8,6 @@ memory as uint8 and batches are drawn from it; under torchrun every rank draws i
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from d3n_ext.stage1.diffusion import GaussianDiffusion
-from d3n_ext.stage1.features import read_image, to_ddpm_input
 from d3n_ext.stage1.checkpoints import save_ddpm
 from d3n_ext.stage1.config import Stage1Config
+from d3n_ext.stage1.diffusion import GaussianDiffusion
+from d3n_ext.stage1.features import read_image, to_ddpm_input
+from d3n_ext.stage1.training_loop import AdamSchedule, train_steps
 from d3n_ext.stage1.unet import UNet
 from utils.torch_utils import ModelEMA, distributed_env
 
@@ -34,14 +34,6 @@ def load_ddpm_images(paths: list[Path], size: int, channels: int, quiet: bool = 
     for i, p in enumerate(tqdm(paths, desc="loading DDPM images", disable=quiet, leave=False)):
         out[i] = ((to_ddpm_input(read_image(p), size, channels) + 1) * 127.5).round().to(torch.uint8)
     return out
-
-
-def cosine_lr(step: int, total: int, lr: float, lrf: float, warmup: int) -> float:
-    """Linear warm-up, then cosine from lr down to lr·lrf at the last step."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup - 1)
-    return lr * (lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 @dataclass
@@ -82,29 +74,20 @@ def train_ddpm(cfg: Stage1Config, train_images: list[Path], out: Path, device: t
     diffusion = GaussianDiffusion(cfg.diffusion).to(device)
     ema = ModelEMA(model, decay=tc.ema_decay, tau=tc.ema_tau)
     ddp = DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     images = load_ddpm_images(train_images, cfg.unet.image_size, cfg.unet.in_channels, quiet or rank != 0)
     sampler = BatchSampler(images, max(1, tc.batch_size // world), tc.hflip, torch.Generator().manual_seed(seed + rank))
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1000 + rank)
     LOGGER.info("DDPM: %d train images, %d iterations, batch %d, Adam lr %g -> %g (cosine, warm-up %d), EMA %g",
                 len(images), tc.iterations, tc.batch_size, tc.lr, tc.lr * tc.lrf, tc.warmup_iters, tc.ema_decay)
-    losses, t0 = [], time.time()
-    bar = tqdm(range(tc.iterations), desc="DDPM", disable=quiet or rank != 0)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, tc.iterations, tc.lr, tc.lrf, tc.warmup_iters)
-        loss = diffusion.training_loss(ddp, sampler.next(device), generator=noise_gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"DDPM training: loss is {loss.item()} at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        ema.update(model)
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+
+    def loss_step(step: int) -> tuple[torch.Tensor]:
+        return (diffusion.training_loss(ddp, sampler.next(device), generator=noise_gen),)  # ε-prediction MSE
+
+    schedule = AdamSchedule(tc.iterations, tc.lr, tc.lrf, tc.warmup_iters, tc.grad_clip)
+    t0 = time.time()
+    history = train_steps(model.parameters(), loss_step, schedule, "DDPM training", "lower --lr",
+                          after_step=lambda: ema.update(model), quiet=quiet or rank != 0)
+    losses = [h[0] for h in history]
     log = {"iterations": tc.iterations, "train_images": len(images), "seconds": round(time.time() - t0, 1),
            "final_loss": float(np.mean(losses[-50:])) if losses else None, "lr": tc.lr, "lrf": tc.lrf, "world": world}
     if rank == 0:

@@ -18,13 +18,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from d3n_ext.stage1.ddpm_training import cosine_lr
+from d3n_ext.stage1.checkpoints import Compressor
+from d3n_ext.stage1.config import VAETrainConfig
 from d3n_ext.stage1.features import DDPMFeatureExtractor, read_image
 from d3n_ext.stage1.pca import ChannelPCA
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.resvae import ResVAE, ResVAEConfig, elbo_loss
-from d3n_ext.stage1.checkpoints import Compressor
-from d3n_ext.stage1.config import VAETrainConfig
+from d3n_ext.stage1.training_loop import AdamSchedule, train_steps
 from utils.torch_utils import distributed_env
 
 LOGGER = logging.getLogger(__name__)
@@ -75,29 +75,26 @@ def train_level_vae(samples: FeatureSamples, mean: torch.Tensor, std: torch.Tens
     torch.manual_seed(seed)
     vae = ResVAE(cfg).to(device)
     model = DistributedDataParallel(vae) if world > 1 else vae
-    opt = torch.optim.Adam(vae.parameters(), lr=tc.lr)
     rng = np.random.default_rng(seed + rank)
     batch = max(1, min(tc.batch_size, len(samples)) // world)
     steps_per_epoch = max(1, -(-len(samples) // tc.batch_size))
-    total, step, t0, hist = tc.epochs * steps_per_epoch, 0, time.time(), []
+    schedule = AdamSchedule(tc.epochs * steps_per_epoch, tc.lr, tc.lrf, steps_per_epoch=steps_per_epoch)
+    t0, order = time.time(), np.empty(0, dtype=np.int64)
     mean, std = mean.to(device)[:, None, None], std.to(device)[:, None, None]
-    for epoch in tqdm(range(tc.epochs), desc=desc, disable=quiet or rank != 0):
-        order = rng.permutation(len(samples))
-        for i in range(steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, tc.lr, tc.lrf, 0)
-            idx = order[(i * batch) % len(order):][:batch]
-            x = (samples.get(idx).to(device) - mean) / std
-            loss, mse, kl = elbo_loss(x, *model(x), tc.kl_weight, tc.reduction)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch}; lower --vae-lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            hist.append((loss.item(), mse.item(), kl.item()))
-            step += 1
+
+    def loss_step(step: int) -> tuple[torch.Tensor, ...]:
+        """(ELBO, its MSE term, its KL term) on the next batch; each epoch visits the samples in a new order."""
+        nonlocal order
+        i = step % steps_per_epoch
+        if i == 0:
+            order = rng.permutation(len(samples))
+        idx = order[(i * batch) % len(order):][:batch]
+        x = (samples.get(idx).to(device) - mean) / std
+        return elbo_loss(x, *model(x), tc.kl_weight, tc.reduction)
+
+    hist = train_steps(vae.parameters(), loss_step, schedule, desc, "lower --vae-lr", quiet=quiet or rank != 0)
     last = np.mean(hist[-steps_per_epoch:], axis=0)
-    return vae.eval(), {"epochs": tc.epochs, "steps": step, "seconds": round(time.time() - t0, 1),
+    return vae.eval(), {"epochs": tc.epochs, "steps": len(hist), "seconds": round(time.time() - t0, 1),
                         "loss": float(last[0]), "mse_term": float(last[1]), "kl_term": float(last[2])}
 
 
