@@ -7,4 +7,5 @@ FreqFilter, CrossFusion and the Table II baselines) so model YAMLs can name them
 (`models/`, `utils/`) never imports it.
 """
 
-from d3n_ext.fusion import feature_mapper, freq_filter, cross_fusion, baselines  # noqa: F401  (register, in the paper's order)
+# registered in the paper's order (Fig. 5, Fig. 4, Fig. 6, Table II), which the ablation's lists follow
+from d3n_ext.fusion import feature_mapper, freq_filter, cross_fusion, baselines  # noqa: F401

@@ -1,6 +1,7 @@
 """Ablations in the shape of the paper's Tables II and III, on any dataset: one teacher per row.
 
-    python -m d3n_ext.experiments.ablation --data data/synth-defects.yaml [--tables 2 3] [--teacher-cfg yolov5n-d3n-lite.yaml]
+    python -m d3n_ext.experiments.ablation --data data/synth-defects.yaml [--tables 2 3]
+                                           [--teacher-cfg yolov5n-d3n-lite.yaml]
 
 Table II sets every fusion row of --teacher-cfg to one variant (concat + conv1x1, sum, weighted sum, dynamic
 cross-fusion), latents from the ResVAE, FreqFilter on. Table III keeps the YAML's own fusion rows and varies
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from d3n_ext.experiments.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags,
+                                          report_split, stage1, train_options, train_stage)
 from d3n_ext.fusion.binding import yaml_rows
 from d3n_ext.fusion.blocks import blocks_with_role, fusion_row, row_role
-from d3n_ext.experiments.pipeline import (PipelineOptions, add_pipeline_flags, evaluate_run, options_from_flags, report_split,
-                              stage1, train_options, train_stage)
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.cli import exit_on_user_error
 from utils.files import atomic_write_text

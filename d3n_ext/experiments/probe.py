@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from d3n_ext.stage1.features import read_image
 from d3n_ext.experiments.probe_data import CONTROLS, SOURCES, FeatureSource, cell_targets, open_sources, read_boxes
-from d3n_ext.experiments.probe_fit import ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores, standardise
-from d3n_ext.stage1.repository import LatentRepository
+from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores,
+                                           standardise)
 from d3n_ext.stage1.checkpoints import LEVEL_NAMES
+from d3n_ext.stage1.features import read_image
+from d3n_ext.stage1.repository import LatentRepository
 from utils.cli import exit_on_user_error
 from utils.data_config import DataConfig, load_data_config
 from utils.files import atomic_write_text, increment_path

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from d3n_ext.stage1.features import DDPMFeatureExtractor, load_feature_decoders
-from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.checkpoints import load_ddpm
 from d3n_ext.stage1.config import FeatureConfig
+from d3n_ext.stage1.features import DDPMFeatureExtractor, load_feature_decoders
+from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.unet import UNet, UNetConfig
 from utils.data_config import DataConfigError, img2label_paths
 from utils.dataloaders import log_scan_summary, scan_labels

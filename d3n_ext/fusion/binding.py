@@ -5,8 +5,9 @@ table prints without a repository. Training binds it: `bind_repository` rewrites
 (FeatureMapper), the SideInput rows they read and the filter rows (FreqFilter) that read them to the
 repository's channels, timesteps, grids and decoder architecture (the YAML dict is what checkpoints
 keep, so a teacher rebuilds from it alone), and `load_repository_weights` copies the frozen decoders
-in. Rows are found by the role their block declares (blocks.py), each block rewriting its own args. The model's side inputs meet the
-repository's levels by stride (8/16/32 = P3/P4/P5), which binding makes consistent.
+in. Rows are found by the role their block declares (blocks.py), each block rewriting its own args.
+The model's side inputs meet the repository's levels by stride (8/16/32 = P3/P4/P5), which binding
+makes consistent.
 """
 
 from __future__ import annotations

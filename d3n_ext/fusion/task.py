@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from d3n_ext.fusion.binding import bind_repository, check_bound_to, load_repository_weights, repository_fingerprint
-from d3n_ext.fusion.feature_mapper import FeatureMapper
 from d3n_ext.fusion.blocks import collect_fusion_weights
+from d3n_ext.fusion.feature_mapper import FeatureMapper
 from d3n_ext.fusion.latent_dataset import LatentDataset
 from d3n_ext.stage1.repository import LatentRepository
 from utils.plots import plot_columns

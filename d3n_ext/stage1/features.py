@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from d3n_ext.stage1.checkpoints import Compressor, load_compressors, load_ddpm
+from d3n_ext.stage1.config import FeatureConfig
 from d3n_ext.stage1.diffusion import GaussianDiffusion
 from d3n_ext.stage1.pca import ChannelPCA
 from d3n_ext.stage1.repository import LatentRepository
-from d3n_ext.stage1.checkpoints import Compressor, load_compressors, load_ddpm
-from d3n_ext.stage1.config import FeatureConfig
 from d3n_ext.stage1.unet import UNet
 from utils.images import decode_image
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
+from d3n_ext.stage1.checkpoints import LEVEL_NAMES, STRIDE_HINTS, load_compressors, load_ddpm, save_compressors
+from d3n_ext.stage1.config import Stage1Config, load_stage1_config
 from d3n_ext.stage1.ddpm_training import train_ddpm
 from d3n_ext.stage1.features import DDPMFeatureExtractor, LatentEncoder
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.repository_builder import LevelSpec, build_repository, plan_images
-from d3n_ext.stage1.checkpoints import LEVEL_NAMES, STRIDE_HINTS, load_compressors, load_ddpm, save_compressors
-from d3n_ext.stage1.config import Stage1Config, load_stage1_config
 from d3n_ext.stage1.vae_training import (fit_compressors, image_feature_batches, reconstruction_errors,
-                                  repository_feature_batches)
+                                         repository_feature_batches)
 from utils.checkpoints import load_checkpoint
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import verified_images

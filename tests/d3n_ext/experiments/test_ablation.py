@@ -8,9 +8,9 @@ import pytest
 import torch.nn as nn
 
 from d3n_ext.experiments import ablation
+from d3n_ext.fusion.baselines import FuseConcat, FuseSum, FuseWeightedSum
 from d3n_ext.fusion.cross_fusion import CrossFusion
 from d3n_ext.fusion.freq_filter import FreqFilter
-from d3n_ext.fusion.baselines import FuseConcat, FuseSum, FuseWeightedSum
 from models.yolo import Model, ModelConfigError, load_model_yaml
 from tests.scripts.conftest import make_dataset
 

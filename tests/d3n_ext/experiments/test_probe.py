@@ -9,7 +9,8 @@ import torch
 
 from d3n_ext.experiments.probe import main
 from d3n_ext.experiments.probe_data import SOURCES, ImageGrid, cell_targets
-from d3n_ext.experiments.probe_fit import ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores, standardise
+from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores,
+                                           standardise)
 from tests.d3n_ext.stage1_fixtures import one_thread, repo_copy, stage1_run  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

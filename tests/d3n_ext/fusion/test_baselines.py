@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import d3n_ext.fusion.cross_fusion  # noqa: F401  (registers CrossFusion)
-from d3n_ext.fusion.inputs import resize_to
 from d3n_ext.fusion.baselines import FuseConcat, FuseSum, FuseWeightedSum
+from d3n_ext.fusion.inputs import resize_to
 from models.registry import BuildContext, lookup_block
 
 CTX = BuildContext(nc=3, anchors=None, width_multiple=0.25, depth_multiple=0.33)

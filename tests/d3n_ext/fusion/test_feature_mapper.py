@@ -9,8 +9,8 @@ import torch
 
 from d3n_ext.fusion.binding import bind_repository, check_bound_to, load_repository_weights, repository_fingerprint
 from d3n_ext.fusion.feature_mapper import FeatureMapper, MapperSpec
-from d3n_ext.stage1.features import load_feature_decoders
 from d3n_ext.fusion.latent_dataset import LatentDataset
+from d3n_ext.stage1.features import load_feature_decoders
 from d3n_ext.stage1.repository import LatentRepository
 from models.loading import build_from_checkpoint, model_payload
 from models.yolo import Model, ModelConfigError, load_model_yaml, parse_model

@@ -15,10 +15,10 @@ import train
 import val
 from d3n_ext.fusion import teacher_inputs
 from d3n_ext.fusion.binding import repository_fingerprint
-from d3n_ext.stage1.features import read_image
-from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.fusion.task import D3NTask
 from d3n_ext.fusion.teacher_inputs import TeacherSideInputs
+from d3n_ext.stage1.features import read_image
+from d3n_ext.stage1.repository import LatentRepository
 from tests.d3n_ext.stage1_fixtures import one_thread  # noqa: F401  (fixture)
 from tests.d3n_ext.teacher_fixtures import teacher_repo  # noqa: F401  (fixture)
 from utils.checkpoints import load_checkpoint

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from d3n_ext.stage1.features import encoder_from_repository, load_feature_decoders, make_noise
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.repository_builder import LevelSpec, batch_range, build_repository, plan_images
-from d3n_ext.stage1.features import encoder_from_repository, load_feature_decoders, make_noise
 from extract_features import main
 from tests.d3n_ext.stage1_fixtures import cli_args, one_thread, stage1_run  # noqa: F401 (fixture)
 from utils.data_config import load_data_config

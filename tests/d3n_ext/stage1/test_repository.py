@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from d3n_ext.stage1.features import OnlineLatentEncoder, load_feature_decoders, read_image
-from d3n_ext.stage1.repository import (CorruptRepositoryError, LatentRepository, MissingLatentError, StaleRepositoryError,
-                                content_key)
+from d3n_ext.stage1.repository import (CorruptRepositoryError, LatentRepository, MissingLatentError,
+                                       StaleRepositoryError, content_key)
 from tests.d3n_ext.stage1_fixtures import repo_copy, one_thread, stage1_run  # noqa: F401 (fixtures)
 from utils.files import file_hash
 
