@@ -196,7 +196,7 @@ def teacher_side_fn(weights: Path, latents: Path, device: str):
     The plug-in is imported only here (it also registers the teacher's blocks); the core never imports it.
     """
     import d3n_ext  # noqa: F401
-    from d3n_ext.teacher_inputs import TeacherSideInputs
+    from d3n_ext.fusion.teacher_inputs import TeacherSideInputs
 
     return TeacherSideInputs.from_checkpoint(weights, latents, select_device(device))
 

@@ -115,7 +115,7 @@ def teacher_task(opt: TrainOptions):
             raise SystemExit(f"error: {opt.cfg or opt.weights}: this model reads side inputs (a D3N teacher): "
                              "pass --latents <repository>")
         return None
-    from d3n_ext.task import D3NTask
+    from d3n_ext.fusion.task import D3NTask
 
     try:
         return D3NTask(latents, plots=not opt.noplots)

@@ -36,7 +36,7 @@ def make_dataset_hook(latents: Path, model, weights: Path) -> tuple[type, dict]:
 
     The D3N plug-in provides this, imported only here; the core never imports it.
     """
-    from d3n_ext.task import teacher_dataset_hook
+    from d3n_ext.fusion.task import teacher_dataset_hook
 
     return teacher_dataset_hook(latents, model, str(weights))
 

@@ -1,7 +1,11 @@
 """D3N plug-in: diffusion features for a YOLOv5 teacher, registered into the core's YAML block registry.
 
-Importing this package registers its blocks (FeatureMapper, FreqFilter, CrossFusion and the fusion
-baselines) so model YAMLs can name them; the core (`models/`, `utils/`) never imports it.
+One folder per stage of the paper: `stage1/` (DDPM, features, ResVAE, latent repository), `fusion/`
+(the teacher's blocks and its training task), `distill.py` (the student), `experiments/` (pipeline,
+ablation, probe, tables). Importing this package registers the fusion blocks (FeatureMapper,
+FreqFilter, CrossFusion and the Table II baselines) so model YAMLs can name them; the core
+(`models/`, `utils/`) never imports it.
 """
 
-from d3n_ext import feature_mapper, fusion  # noqa: F401  (register the FeatureMapper and fusion blocks)
+# registered in the paper's order (Fig. 5, Fig. 4, Fig. 6, Table II), which the ablation's lists follow
+from d3n_ext.fusion import feature_mapper, freq_filter, cross_fusion, baselines  # noqa: F401

@@ -133,7 +133,7 @@ class DistillationTask(DetectionTask):
         self.teacher: torch.nn.Module | None = None
         self.hooks: tuple[DetectInputs, DetectInputs] | None = None
         if options.latents:
-            from d3n_ext.latent_dataset import LatentDataset
+            from d3n_ext.fusion.latent_dataset import LatentDataset
 
             self.dataset_cls = LatentDataset
 
@@ -144,8 +144,8 @@ class DistillationTask(DetectionTask):
                 raise ValueError(f"{self.options.teacher}: this teacher is a D3N hybrid that reads latents; "
                                  "pass the feature repository it was trained with (--latents)")
             if self.options.latents:
-                from d3n_ext.binding import check_bound_to
-                from d3n_ext.repository import LatentRepository
+                from d3n_ext.fusion.binding import check_bound_to
+                from d3n_ext.stage1.repository import LatentRepository
 
                 if not self.teacher.side_inputs:
                     raise ValueError(f"{self.options.teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
