@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from d3n_ext.repository import LatentRepository, RepositoryError
-from d3n_ext.stage1 import Stage1Options, prepare, run_all, step_build, step_train_ddpm, step_train_vae
+from d3n_ext.stage1.repository import LatentRepository, RepositoryError
+from d3n_ext.stage1.run import Stage1Options, prepare, run_all, step_build, step_train_ddpm, step_train_vae
 from utils.checkpoints import CheckpointError
 from utils.torch_utils import distributed_env
 

@@ -21,10 +21,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-import d3n_ext.fusion  # noqa: F401  (registers the fusion blocks)
-from d3n_ext.cross_fusion import TABLE_I_VARIANTS, CrossFusion
-from d3n_ext.freq_filter import FreqFilter
-from d3n_ext.fusion_variants import FuseConcat, FuseSum, FuseWeightedSum
+import d3n_ext  # noqa: F401  (registers the fusion blocks)
+from d3n_ext.fusion.blocks import blocks_with_role, fusion_row, fusion_variants
+from models.registry import BuildContext, lookup_block
 from models.yolo import Model
 from utils.profiling import count_gflops, count_parameters
 
@@ -33,8 +32,9 @@ LEVELS = {  # level: ((C, H, W) of the detector map, (C_y, h, w) of the DDPM map
     "P4": ((256, 40, 40), (1152, 32, 32)),
     "P5": ((512, 20, 20), (1536, 16, 16)),
 }
-TABLE_II = {"concat1x1": FuseConcat, "sum": FuseSum, "wsum": FuseWeightedSum}
-BLOCK_NAMES = ("FreqFilter", *TABLE_I_VARIANTS, *TABLE_II)
+FILTERS = blocks_with_role("filter")  # YAML name -> class
+BLOCK_NAMES = (*FILTERS, *fusion_variants())  # filters by name, fusion blocks by their ablation name
+CTX = BuildContext(nc=80, anchors=None, width_multiple=1.0, depth_multiple=1.0)
 ATEN = torch.ops.aten
 
 
@@ -66,13 +66,17 @@ class AttentionTally:
 
 
 def make_block(name: str, level: str) -> tuple[nn.Module, tuple]:
-    """The block and its inputs at `level`: X needs gradients (the detector trains), Y does not (frozen decoder)."""
+    """The block and its inputs at `level`, built from a YAML row as a model would build it: X needs
+    gradients (the detector trains), Y does not (frozen decoder). A filter reads Y on its own grid."""
     (c, h, w), (c_y, hy, wy) = LEVELS[level]
     x, y = torch.randn(1, c, h, w, requires_grad=True), torch.randn(1, c_y, hy, wy)
-    if name == "FreqFilter":
-        return FreqFilter(c_y, (hy, wy)), (y,)
-    block = TABLE_II[name](c, c_y) if name in TABLE_II else CrossFusion(c, c_y, variant=name)
-    return block, ([x, y],)
+    if name in FILTERS:
+        entry, ch_in, args, inputs = lookup_block(name), [c_y], [hy, wy], (y,)
+    else:
+        block_name, args = fusion_row(name)
+        entry, ch_in, inputs = lookup_block(block_name), [c, c_y], ([x, y],)
+    block, _ = entry.builder(entry.cls, ch_in, args, 1, CTX)
+    return block, inputs
 
 
 def count(block: nn.Module, inputs: tuple) -> tuple[float, float, float]:
@@ -129,7 +133,7 @@ def measure(name: str, level: str, repeat: int) -> dict:
     gf, gfb, scores = count(block, inputs)
     fwd, fwd_bwd = timings(block, inputs, repeat)
     kv = ""
-    if isinstance(block, CrossFusion):
+    if hasattr(block, "kv_grids"):  # blocks with attention say where their keys/values live
         (_, h, w), (_, hy, wy) = LEVELS[level]
         kv = " ".join(f"{k}:{a}x{b}" for k, (a, b) in block.kv_grids((h, w), (hy, wy)).items())
     return {"level": level, "block": name, "params": count_parameters(block), "gflops": gf,

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 import d3n_ext  # noqa: F401  (registers FeatureMapper and the fusion blocks)
-from d3n_ext.binding import bind_levels, preset_levels
-from d3n_ext.feature_mapper import FeatureMapper
+from d3n_ext.fusion.binding import bind_levels, preset_levels, yaml_rows
+from d3n_ext.fusion.blocks import modules_with_role, row_role
+from d3n_ext.fusion.feature_mapper import FeatureMapper
 from models.yolo import Model, load_model_yaml
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the memory subprocess runs `python
 
 def build(cfg: str, preset: str, device: torch.device) -> Model:
     d, _ = load_model_yaml(cfg)
-    if any(r[2] == "FeatureMapper" for r in d["backbone"] + d["head"]):
+    if any(row_role(r) == "mapper" for _, _, r in yaml_rows(d)):
         d = bind_levels(d, preset_levels(preset), f"the {preset} preset")
     torch.manual_seed(0)
     return Model(d, nc=NC).to(device).train()
@@ -148,7 +149,7 @@ def compare(name: str, base_cfg: str, hybrid_cfg: str, opt: argparse.Namespace) 
     tb, th = step_times(base, hybrid, opt.steps)
     gb, gh = base.gflop(), hybrid.gflop()
     mb, mh = (peak_memory_mib(c, opt) for c in (base_cfg, hybrid_cfg))
-    frozen = sum(p.numel() for m in hybrid.model.modules() if isinstance(m, FeatureMapper) for p in m.parameters())
+    frozen = sum(p.numel() for _, m in modules_with_role(hybrid.model, "mapper") for p in m.parameters())
     trainable = sum(p.numel() for p in hybrid.model.parameters() if p.requires_grad)
     print(f"{name:<4} {base_cfg:<24} {tb:>9.0f} {gb:>9.2f} {mb:>9.0f}")
     print(f"{'':<4} {hybrid_cfg:<24} {th:>9.0f} {gh:>9.2f} {mh:>9.0f}   "

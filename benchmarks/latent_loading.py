@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from d3n_ext.repository import LatentRepository, content_key
+from d3n_ext.stage1.repository import LatentRepository, content_key
 
 
 class ReadBench(Dataset):

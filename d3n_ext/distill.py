@@ -32,13 +32,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from d3n_ext.teacher_inputs import RepositoryInputs
+from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import InputRules
+from engine.tasks import DetectionTask, register_task
 from models.loading import build_from_checkpoint
 from models.yolo import reads_side_inputs
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
-from engine.tasks import DetectionTask, register_task
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from d3n_ext.binding import side_inputs_of_yaml
+from d3n_ext.fusion.binding import side_inputs_of_yaml
 from d3n_ext.distill import DistillationTask, add_distill_flags
-from d3n_ext.task import D3NTask
-from d3n_ext.teacher_inputs import RepositoryInputs
+from d3n_ext.fusion.task import D3NTask
+from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import Plugin, register_plugin
 from models.yolo import reads_side_inputs
 

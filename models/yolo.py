@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import yaml
 
 from models import common  # noqa: F401  (registers the core blocks)
 from models.common import Conv, SideInput
 from models.registry import BuildContext, lookup_block, register_block
+from utils.config import read_yaml_mapping, reject_unknown
 from utils.image_size import check_img_size
 from utils.profiling import count_parameters, forward_gflops
 from utils.torch_utils import fuse_conv_and_bn
@@ -192,15 +192,8 @@ def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
         path = MODELS_DIR / path.name
     if not path.is_file():
         raise ModelConfigError(f"{cfg}: model YAML not found")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ModelConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise ModelConfigError(f"{path}: expected a mapping with nc/anchors/backbone/head")
-    unknown = set(d) - MODEL_KEYS - {"yaml_file"}
-    if unknown:
-        raise ModelConfigError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(MODEL_KEYS)})")
+    d = read_yaml_mapping(path, "a mapping with nc/anchors/backbone/head", ModelConfigError)
+    reject_unknown(set(d) - {"yaml_file"}, MODEL_KEYS, str(path), error=ModelConfigError)
     for key in ("nc", "backbone", "head"):
         if key not in d:
             raise ModelConfigError(f"{path}: missing '{key}'")

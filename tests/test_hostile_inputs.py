@@ -20,8 +20,8 @@ import detect
 import export
 import train
 import val
-from d3n_ext.pipeline import PipelineOptions, add_pipeline_flags, options_from_flags
-from d3n_ext.repository import CorruptRepositoryError, LatentRepository, npy_layout
+from d3n_ext.experiments.pipeline import PipelineOptions, add_pipeline_flags, options_from_flags
+from d3n_ext.stage1.repository import CorruptRepositoryError, LatentRepository, npy_layout
 from models import yolo
 from models.loading import save_model
 from models.yolo import Model

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from utils.config import read_yaml_mapping, reject_unknown
 
 LOGGER = logging.getLogger(__name__)
 
@@ -123,15 +123,8 @@ def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
         yaml_path = REPO_ROOT / "data" / yaml_path.name  # `--data synth-defects.yaml` as in YOLOv5
     if not yaml_path.is_file():
         raise DataConfigError(f"{yaml_path}: data YAML not found")
-    try:
-        raw = yaml.safe_load(yaml_path.read_text())
-    except yaml.YAMLError as e:
-        raise DataConfigError(f"{yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise DataConfigError(f"{yaml_path}: expected a mapping with path/train/val/names")
-    unknown = set(raw) - KNOWN_KEYS
-    if unknown:
-        raise DataConfigError(f"{yaml_path}: unknown keys {sorted(unknown)} (known: {sorted(KNOWN_KEYS)})")
+    raw = read_yaml_mapping(yaml_path, "a mapping with path/train/val/names", DataConfigError)
+    reject_unknown(raw, KNOWN_KEYS, str(yaml_path), error=DataConfigError)
     if "download" in raw:
         LOGGER.warning("%s: 'download' is ignored (nothing is downloaded or executed); fetch the data yourself", yaml_path)
     for key in ("train", "val"):

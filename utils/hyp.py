@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
+from utils.config import read_yaml_mapping, reject_unknown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HYP = REPO_ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
@@ -65,13 +65,8 @@ def load_hyp(path: str | Path | None = None) -> Hyp:
         path = REPO_ROOT / "data" / "hyps" / path.name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: hyp YAML not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of hyper-parameters")
-    known = {f.name for f in fields(Hyp)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown hyper-parameter(s) {unknown}; known: {sorted(known)}")
+    raw = read_yaml_mapping(path, "a mapping of hyper-parameters", empty_ok=True)
+    reject_unknown(raw, [f.name for f in fields(Hyp)], str(path), what="hyper-parameter(s)")
     bad = [k for k, v in raw.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
     if bad:
         raise ValueError(f"{path}: hyper-parameter(s) {bad} must be numbers")

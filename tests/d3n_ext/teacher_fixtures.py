@@ -64,8 +64,8 @@ def teacher_repo(tmp_path_factory) -> dict[str, Path]:
 
 def bound_model(repo_root: Path, cfg: str = "yolov5n-d3n.yaml", nc: int = 2):
     """A D3N model YAML bound to the repository, with its frozen decoders loaded (what D3NTask builds)."""
-    from d3n_ext.binding import bind_repository, load_repository_weights
-    from d3n_ext.repository import LatentRepository
+    from d3n_ext.fusion.binding import bind_repository, load_repository_weights
+    from d3n_ext.stage1.repository import LatentRepository
     from models.yolo import Model, load_model_yaml
 
     repo = LatentRepository(repo_root)

@@ -1,0 +1,369 @@
+"""The whole D3N pipeline in one command: baseline, controls, stage 1, teacher, student, and their table.
+
+    python -m d3n_ext.experiments.pipeline --data data/synth-defects.yaml
+    python -m d3n_ext.experiments.pipeline --data data/synth-defects.yaml --out runs/pipeline --seeds 0 1 2
+    python -m d3n_ext.experiments.pipeline --summarise runs/a/seed0/table.json runs/b/seed1/table.json --out runs/all
+
+Stages write under --out (default runs/pipeline/exp): baseline/, self-distilled/ (the control,
+--controls), features/, teacher/, student/, val/, detect/ and table.md / table.json. The
+self-distilled student is distilled exactly like the D3N student but from the trained baseline
+itself (same scale, no DDPM), so "DDPM contribution = D3N student − self-distilled student" is
+the DDPM's share of the student's gain. Checkpoints are chosen on val; the table is on the data
+YAML's test split when it has one (else val) and says which. A stage whose finished outputs exist
+with the same settings is reused, and an interrupted training stage resumes from its last.pt, so
+rerunning the command after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from d3n_ext.distill import DistillationTask, DistillOptions
+from d3n_ext.fusion.task import D3NTask
+from d3n_ext.fusion.teacher_inputs import RepositoryInputs
+from engine.plugins import SideInputs
+from engine.predict import OutputOptions, predict
+from engine.predictor import PredictOptions
+from engine.tasks import DetectionTask
+from engine.trainer import StopTraining, Trainer, TrainOptions
+from engine.validate import ValidationRun, validate
+from engine.validator import ValOptions
+from models.loading import load_model
+from utils.checkpoints import load_checkpoint
+from utils.cli import exit_on_user_error
+from utils.data_config import load_data_config
+from utils.files import atomic_write_text, increment_path
+from utils.image_size import check_img_size
+from utils.logging import set_logging
+from utils.profiling import count_parameters, cpu_latency_ms
+
+LOGGER = logging.getLogger("d3n_ext.experiments.pipeline")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class PipelineOptions:
+    data: str = "data/synth-defects.yaml"
+    out: str = "runs/pipeline/exp"
+    cfg: str = "yolov5n.yaml"  # baseline and student
+    teacher_cfg: str = "yolov5n-d3n-lite.yaml"  # same scale + fusion (lite: <= 1.5x the step on CPU)
+    controls: bool = True  # also train the self-distilled student (the no-DDPM control)
+    teacher_init: str = "scratch"  # or 'baseline': the teacher starts from the trained baseline's weights
+    ddpm_cfg: str = "ddpm-tiny"
+    hyp: str = "data/hyps/hyp.cpu-small.yaml"
+    optimizer: str = "Adam"
+    epochs: int = 12
+    batch_size: int = 16
+    imgsz: int = 256
+    workers: int = 2
+    device: str = ""
+    seed: int = 0
+    dist_lambda: float = 0.1  # eq. 6 weight; the paper (and train_distill.py) use 1, which hurt here (README)
+    dist_feat: float = 0.0  # weight of feature-level distillation of the neck maps (0 = outputs only)
+    stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
+    detect_source: str = "data/images"
+
+
+def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask | None = None,
+                  weights: str = "") -> TrainOptions:
+    task = task or DetectionTask()
+    return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
+                        optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
+                        project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, task=task.kind,
+                        task_state=task.state(), weights=weights)
+
+
+TEACHER_INITS = ("scratch", "baseline")
+
+
+def teacher_weights(p: PipelineOptions, baseline: Path) -> str:
+    """--teacher-init: '' (from scratch, like the baseline) or the baseline's best.pt (a warm start).
+
+    A warm start with gated fusion rows makes the teacher exactly the baseline at step 0; it then
+    trains `epochs` more, so compare it with the baseline knowing it had twice the detector training.
+    """
+    if p.teacher_init not in TEACHER_INITS:
+        raise ValueError(f"--teacher-init {p.teacher_init!r}: expected one of {', '.join(TEACHER_INITS)}")
+    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else ""
+
+
+def _finished(run: Path, opt: TrainOptions) -> bool:
+    """best.pt of a completed run with the same options (compared without resume/device/workers)."""
+    best, last = run / "weights" / "best.pt", run / "weights" / "last.pt"
+    if not (best.exists() and last.exists()):
+        return False
+    saved = {**asdict(TrainOptions()), **(load_checkpoint(best, expect="detector").get("train_opts") or {})}
+    keep = lambda d: {k: v for k, v in d.items() if k not in ("resume", "device", "workers", "quiet")}  # noqa: E731
+    return keep(saved) == keep(asdict(opt)) and load_checkpoint(last).get("optimizer") is None
+
+
+def train_stage(opt: TrainOptions, task, label: str) -> Path:
+    """Train, reuse a finished run, or resume an interrupted one."""
+    run = Path(opt.project) / opt.name
+    if _finished(run, opt):
+        LOGGER.info("%s: reusing %s", label, run)
+        return run
+    last = run / "weights" / "last.pt"
+    if last.exists() and load_checkpoint(last).get("optimizer") is not None:
+        LOGGER.info("%s: resuming %s", label, last)
+        opt.resume = str(last)
+    LOGGER.info("%s: training %s (%d epochs at %d px)", label, opt.cfg, opt.epochs, opt.imgsz)
+    return Trainer(opt, task).train()
+
+
+def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
+    model = load_model(weights, "cpu")  # parameters as YOLOv5 reports them (unfused); timing on the fused model
+    imgsz = check_img_size(imgsz, int(model.stride.max()))  # what training and val.py ran at
+    return {"model": name, "weights": str(weights), "parameters": count_parameters(model),
+            "GFLOPs": round(model.gflops(imgsz), 2), "mAP@0.5": round(result.map50, 4),
+            "mAP@0.5:0.95": round(result.map, 4),
+            "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
+
+
+BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
+
+
+def report_split(data: str) -> str:
+    """The split tables report on: test when the data YAML has one (checkpoints were chosen on val), else val."""
+    return "test" if load_data_config(data, autogenerate=False).splits.get("test") else "val"
+
+
+def format_table(rows: list[dict], imgsz: int, split: str = "val") -> str:
+    head = "| model | parameters | GFLOPs | mAP@0.5 | mAP@0.5:0.95 | CPU ms/img |\n|---|---:|---:|---:|---:|---:|\n"
+    body = "".join(f"| {r['model']} | {r['parameters']:,} | {r['GFLOPs']:.2f} | {r['mAP@0.5']:.3f} | "
+                   f"{r['mAP@0.5:0.95']:.3f} | {r['CPU ms/img']:.1f} |\n" for r in rows)
+    chosen = "best.pt chosen on val, figures on the test split" if split == "test" else "val split (no test split)"
+    note = (f"\nAll at {imgsz} px (letterbox-free); {chosen}; GFLOPs by torch's FlopCounterMode; CPU ms: "
+            f"median forward of batch 1, fused, {torch.get_num_threads()} threads. The teacher's figures exclude "
+            "computing its latents (DDPM + VAE encoder), which unseen images need.\n")
+    return head + body + note + "".join(f"\n{line}" for line in contribution_lines(rows))
+
+
+# the margins that carry the claim: (line under a table, key of the seed summary, model, minus model)
+MARGINS = (("D3N student − baseline", "D3N student − baseline", STUDENT, BASELINE),
+           ("DDPM contribution = D3N student − self-distilled student",
+            "DDPM contribution (D3N − self-distilled student)", STUDENT, SELF_DISTILLED),
+           ("teacher − baseline", "teacher − baseline", TEACHER, BASELINE))
+
+
+def contribution_lines(rows: list[dict]) -> list[str]:
+    """'D3N student − baseline' and, with the control, 'DDPM contribution = D3N student − self-distilled student'."""
+    m = {r["model"]: r for r in rows}
+    lines = []
+    for label, _, a, b in MARGINS:
+        if a in m and b in m:
+            lines.append(f"{label}: {m[a]['mAP@0.5'] - m[b]['mAP@0.5']:+.3f} mAP@0.5, "
+                         f"{m[a]['mAP@0.5:0.95'] - m[b]['mAP@0.5:0.95']:+.3f} mAP@0.5:0.95")
+    return lines
+
+
+def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, inputs: SideInputs | None, split: str = "val") -> dict:
+    """The run's best.pt scored on `split` as val.py would (the hybrid reads `inputs`), then its table row."""
+    weights = run_dir / "weights" / "best.pt"
+    save_dir = increment_path(Path(p.out) / "val" / f"{run_dir.name}-{split}", exist_ok=True, mkdir=True)
+    job = ValidationRun(weights, Path(p.data), split, p.imgsz, scale=True, device=p.device, workers=p.workers,
+                        save_dir=save_dir)
+    result = validate(job, ValOptions(), inputs)
+    return {**table_row(name, weights, result, p.imgsz), "split": split}
+
+
+def provenance(p: PipelineOptions, seconds: float) -> dict:
+    """How a table was made: the command, the options, the machine and the wall time."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and p.device != "cpu" else "cpu"
+    return {"command": "python -m d3n_ext.experiments.pipeline " + shlex.join(sys.argv[1:]), "options": asdict(p),
+            "machine": f"{cpu}, {torch.get_num_threads()} threads, {device}", "minutes": round(seconds / 60, 1),
+            "torch": torch.__version__}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
+    """Stage 1 under <out>/features (reused when finished): the repository `compressor`'s latents live in."""
+    from d3n_ext.stage1.run import Stage1Options, run_all
+
+    features = Path(p.out) / "features"
+    LOGGER.info("stage 1: DDPM, %s and the latent repository in %s", compressor, features)
+    run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
+                          device=p.device, seed=p.seed, compressor=compressor, quiet=True))
+    return features / "pca" if compressor == "pca" else features
+
+
+def run(p: PipelineOptions) -> list[dict]:
+    """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student."""
+    start, out = time.time(), Path(p.out)
+    teacher_weights(p, out)  # a bad --teacher-init fails now, not after the baseline has trained
+    load_data_config(p.data)  # builds the synthetic data on first use
+    baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
+    runs = [(BASELINE, baseline, None)]
+    if p.controls:  # needs no DDPM: trained before stage 1
+        control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
+                                 dist_feat=p.dist_feat)
+        task = DistillationTask(control)
+        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
+                                                 "self-distilled student"), None))
+    features = RepositoryInputs.open(stage1(p))
+    task = D3NTask(features)
+    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
+                          "teacher")
+    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
+                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
+    task = DistillationTask(distill, features)
+    student = train_stage(train_options(p, "student", p.cfg, task), task, "student")
+    runs[1:1] = [(TEACHER, teacher, features)]
+    runs.append((STUDENT, student, None))
+    split = report_split(p.data)
+    rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
+    made = provenance(p, time.time() - start)
+    text = format_table(rows, p.imgsz, split) + (f"\nCommand: `{made['command']}` (seed {p.seed}); machine: "
+                                                 f"{made['machine']}; {made['minutes']} minutes.\n")
+    atomic_write_text(out / "table.md", text)
+    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
+    predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
+            OutputOptions(out / "detect"), p.device)
+    print(text)
+    return rows
+
+
+def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:
+    """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet."""
+    for key, value in asdict(defaults).items():
+        if key == "stage1_overrides":
+            ap.add_argument("--stage1", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                            help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200")
+            continue
+        if isinstance(value, bool):
+            ap.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+            continue
+        ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--quiet", action="store_true")
+
+
+def options_from_flags(args: dict) -> PipelineOptions:
+    """PipelineOptions from add_pipeline_flags' parsed values (consumed from `args`); sets up logging.
+
+    A --stage1 item is SECTION.KEY=VALUE; VALUE is JSON (200, 1e-4, true, [100, 150]), a comma
+    list (100,150) or a word. The overrides are checked against the --ddpm-cfg preset here, so a
+    mistake ends the command with one line before the baseline trains rather than after it.
+    """
+    from d3n_ext.stage1.config import load_stage1_config
+
+    set_logging(not args.pop("quiet"))
+    overrides = {}
+    for item in args.pop("stage1"):
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key or not value:
+            raise SystemExit(f"error: --stage1 {item}: expected SECTION.KEY=VALUE, e.g. ddpm_train.iterations=200")
+        parts = [value] if value[:1] in "[{" or "," not in value else value.split(",")
+        parsed = []
+        for part in parts:
+            try:
+                parsed.append(json.loads(part))
+            except ValueError:
+                if part.strip()[:1] in "[{":
+                    raise SystemExit(f"error: --stage1 {item}: {part} is not a valid JSON list or mapping; "
+                                     "write a list as [100, 150] or 100,150") from None
+                parsed.append(part.strip())  # a word: per-image, cosine, ...
+        overrides[key] = parsed if len(parts) > 1 else parsed[0]
+    try:
+        load_stage1_config(args["ddpm_cfg"], overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None  # names the preset, the section and the key
+    return PipelineOptions(**args, stage1_overrides=overrides)
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
+
+
+def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
+    """Mean ± sd of each model's mAP over seeds, and per seed the margins that carry the claim (mAP@0.5)."""
+    models = [r["model"] for r in next(iter(per_seed.values()))]
+    value = lambda rows, m, k: next(r[k] for r in rows if r["model"] == m)  # noqa: E731
+    summary = {"seeds": list(per_seed), "models": {m: {k: _stats([value(rows, m, k) for rows in per_seed.values()])
+                                                       for k in ("mAP@0.5", "mAP@0.5:0.95")} for m in models},
+               "margins": {}}
+    for _, label, a, b in MARGINS:
+        if a in models and b in models:
+            diffs = [round(value(rows, a, "mAP@0.5") - value(rows, b, "mAP@0.5"), 4) for rows in per_seed.values()]
+            summary["margins"][label] = {**_stats(diffs), "ahead": f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds"}
+    return summary
+
+
+def format_seed_summary(summary: dict) -> str:
+    head = (f"Seeds {', '.join(map(str, summary['seeds']))}: mean ± sd\n\n| model | mAP@0.5 | mAP@0.5:0.95 | per seed mAP@0.5 |\n"
+            "|---|---:|---:|---|\n")
+    body = "".join(f"| {m} | {v['mAP@0.5']['mean']:.3f} ± {v['mAP@0.5']['sd']:.3f} | {v['mAP@0.5:0.95']['mean']:.3f} ± "
+                   f"{v['mAP@0.5:0.95']['sd']:.3f} | {', '.join(f'{x:.3f}' for x in v['mAP@0.5']['values'])} |\n"
+                   for m, v in summary["models"].items())
+    margins = "".join(f"\n{label}, mAP@0.5: {d['mean']:+.3f} ± {d['sd']:.3f} (per seed "
+                      f"{', '.join(f'{x:+.3f}' for x in d['values'])}; ahead on {d['ahead']})"
+                      for label, d in summary["margins"].items())
+    return head + body + margins + "\n"
+
+
+def write_seed_summary(per_seed: dict[int, list[dict]], out: Path) -> dict:
+    summary = seed_summary(per_seed)
+    text = format_seed_summary(summary)
+    atomic_write_text(out / "seeds.md", text)
+    atomic_write_text(out / "seeds.json", json.dumps(summary, indent=2))
+    print(text)
+    return summary
+
+
+def run_seeds(p: PipelineOptions, seeds: list[int]) -> dict:
+    """The pipeline once per seed under <out>/seed<N>, then seeds.md / seeds.json beside them."""
+    per_seed = {s: run(replace(p, seed=s, out=str(Path(p.out) / f"seed{s}"))) for s in seeds}
+    return write_seed_summary(per_seed, Path(p.out))
+
+
+def summarise_tables(paths: list[str], out: Path) -> dict:
+    """seeds.md / seeds.json from table.json files of earlier runs (one per seed, possibly from other sessions)."""
+    per_seed = {}
+    for path in paths:
+        try:
+            table = json.loads(Path(path).read_text())
+            seed = table["options"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a pipeline table.json ({e})") from None
+        if seed in per_seed:
+            raise ValueError(f"{path}: seed {seed} is given twice; pass one table per seed")
+        per_seed[seed] = table["rows"]
+    return write_seed_summary(dict(sorted(per_seed.items())), out)
+
+
+def main(argv: list[str] | None = None) -> list[dict] | dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pipeline_flags(ap, PipelineOptions())
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="run once per seed into <out>/seed<N> and summarise (seeds.md); overrides --seed")
+    ap.add_argument("--summarise", nargs="+", default=None, metavar="TABLE_JSON",
+                    help="only write seeds.md/json into --out from earlier runs' table.json files (one per seed)")
+    args = vars(ap.parse_args(argv))
+    seeds, tables = args.pop("seeds"), args.pop("summarise")
+    p = options_from_flags(args)
+    if tables:
+        return exit_on_user_error(lambda: summarise_tables(tables, Path(p.out)))
+    return exit_on_user_error(lambda: run_seeds(p, seeds) if seeds else run(p), extra=(StopTraining,))
+
+
+if __name__ == "__main__":
+    main()
