@@ -53,7 +53,7 @@ class D3NTask(DetectionTask):
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         load_repository_weights(model, self.repo)
-        mappers = modules_with_role(model, "mapper")
+        mappers = [m for _, m in modules_with_role(model, "mapper")]
         frozen = sum(p.numel() for m in mappers for p in m.parameters())
         LOGGER.info("FeatureMapper: %d frozen decoders (%s parameters) from %s, fingerprint %s", len(mappers),
                     f"{frozen:,}", self.root, repository_fingerprint(self.repo))
