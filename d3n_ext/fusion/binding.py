@@ -16,13 +16,12 @@ import copy
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
 
 from d3n_ext.fusion.blocks import blocks_with_role, modules_with_role, row_block, row_role
-from d3n_ext.fusion.feature_mapper import MapperSpec
+from d3n_ext.fusion.feature_mapper import LevelBinding, MapperSpec
 from d3n_ext.stage1.checkpoints import load_compressors
 from d3n_ext.stage1.config import load_stage1_config
 from d3n_ext.stage1.repository import LatentRepository
@@ -84,15 +83,6 @@ def _single_from(row: list, i: int) -> int | None:
     if isinstance(f, int) and not isinstance(f, bool):
         return i + f if f < 0 else f
     return None
-
-
-@dataclass(frozen=True)
-class LevelBinding:
-    """What the rows of one level are bound to: the decoder's args, the latent grid's stride and size."""
-
-    spec: MapperSpec
-    stride: int
-    hw: tuple[int, int]
 
 
 def repository_levels(repo: LatentRepository) -> list[LevelBinding]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,9 +25,6 @@ from torchvision.ops import FrozenBatchNorm2d
 from d3n_ext.stage1.features import FeatureDecoder, combine_timesteps
 from d3n_ext.stage1.resvae import ResVAEConfig, ResVAEDecoder
 from models.registry import BuildContext, register_block, single_input
-
-if TYPE_CHECKING:
-    from d3n_ext.fusion.binding import LevelBinding
 
 DECODER_KINDS = ("resvae", "pca", "raw")  # ResVAE decoder, PCA inverse (a 1x1 conv), none (raw features)
 COMBINE_MODES = ("concat", "mean")
@@ -78,6 +75,15 @@ class MapperSpec:
     @property
     def out_channels(self) -> int:
         return self.feature_channels * (self.timesteps if self.combine == "concat" else 1)
+
+
+@dataclass(frozen=True)
+class LevelBinding:
+    """What the rows of one level are bound to: the decoder's args, the latent grid's stride and size."""
+
+    spec: MapperSpec
+    stride: int
+    hw: tuple[int, int]
 
 
 def frozen_batchnorm(module: nn.Module) -> nn.Module:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from models.registry import BuildContext, register_block, single_input
 
 if TYPE_CHECKING:
-    from d3n_ext.fusion.binding import LevelBinding
+    from d3n_ext.fusion.feature_mapper import LevelBinding
 
 
 def _positive_ints(values: list, n: int, what: str) -> list[int]:
