@@ -75,12 +75,15 @@ def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def teacher_repository(teacher: str) -> str:
-    """The repository a hybrid teacher was trained with, as recorded in its checkpoint; '' for a plain YOLOv5."""
+def teacher_repository(teacher: str, latents: str = "") -> str:
+    """The repository a teacher reads: `latents` if given, else the one a hybrid teacher was trained with (as its
+    checkpoint records); '' for a plain YOLOv5, which must not be given one."""
     ckpt = load_checkpoint(teacher, expect="detector")
     if not reads_side_inputs(ckpt.get("model_yaml") or {}):
+        if latents:
+            raise ValueError(f"{teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
         return ""  # a plain teacher: self-distillation, no latents
-    repo = (ckpt.get("task") or {}).get("repository") or ""
+    repo = latents or (ckpt.get("task") or {}).get("repository") or ""
     if not repo:
         raise ValueError(f"{teacher}: records no feature repository; pass --latents")
     return str(repo)
@@ -91,7 +94,7 @@ def distill_options(args: argparse.Namespace) -> DistillOptions:
     if not args.teacher:
         raise ValueError("--teacher is required (a hybrid D3N checkpoint, or a plain YOLOv5 for self-distillation)")
     values = {f.name: getattr(args, f.name) for f in fields(DistillOptions) if hasattr(args, f.name)}
-    values["latents"] = args.latents or teacher_repository(args.teacher)
+    values["latents"] = teacher_repository(args.teacher, args.latents)
     return DistillOptions(**values)
 
 

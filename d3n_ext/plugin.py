@@ -41,7 +41,7 @@ class D3NPlugin(Plugin):
 
     def side_inputs(self, args: argparse.Namespace, model_yaml: dict, source: str) -> RepositoryInputs:
         if not getattr(args, "latents", ""):
-            raise ValueError(f"{source}: this model needs side inputs {sorted(side_inputs_of_yaml(model_yaml))} "
+            raise ValueError(f"{source}: this model reads side inputs {sorted(side_inputs_of_yaml(model_yaml))} "
                              "(a D3N teacher): pass --latents <feature repository>")
         return RepositoryInputs.open(args.latents)
 

@@ -16,7 +16,7 @@ import val
 from d3n_ext.fusion import teacher_inputs
 from d3n_ext.fusion.binding import repository_fingerprint
 from d3n_ext.fusion.task import D3NTask
-from d3n_ext.fusion.teacher_inputs import TeacherSideInputs
+from d3n_ext.fusion.teacher_inputs import RepositoryInputs, TeacherSideInputs
 from d3n_ext.stage1.features import read_image
 from d3n_ext.stage1.repository import LatentRepository
 from tests.d3n_ext.stage1_fixtures import one_thread  # noqa: F401  (fixture)
@@ -36,11 +36,12 @@ def test_teacher_trains_validates_and_detects(teacher_repo, tmp_path, monkeypatc
     run = train.main(train_flags(teacher_repo, tmp_path, "--latents", str(teacher_repo["repo"])))
     best = run / "weights" / "best.pt"
     ckpt = load_checkpoint(best)
-    assert ckpt["train_opts"]["scale"] and ckpt["train_opts"]["extra"] == {"latents": str(teacher_repo["repo"])}
+    opts = ckpt["train_opts"]  # the task describes itself: kind and options, for --resume
+    assert opts["scale"] and opts["task"] == "d3n-teacher" and opts["task_state"]["repository"] == str(teacher_repo["repo"])
     assert ckpt["task"] == {"repository": str(teacher_repo["repo"].resolve()),
                             "fingerprint": repository_fingerprint(LatentRepository(teacher_repo["repo"]))}
-    resumed = train.options_from_args(train.parse_opt(["--resume", str(run / "weights" / "last.pt")]))
-    task = train.teacher_task(resumed)  # --resume restores the repository and the task with the options
+    resumed, task = train.task_for(train.parse_opt(["--resume", str(run / "weights" / "last.pt")]))
+    # --resume rebuilds the task, with its repository opened, from the checkpoint alone
     assert isinstance(task, D3NTask) and task.root == teacher_repo["repo"] and resumed.scale
     with open(run / "results.csv", newline="") as f:
         row = next(csv.DictReader(f))
@@ -91,12 +92,12 @@ def test_scripts_refuse_a_teacher_without_latents_in_one_line(teacher_repo, tmp_
         train.main(train_flags(teacher_repo, tmp_path))
     with pytest.raises(SystemExit, match="nowhere: feature repository not found"):
         train.main(train_flags(teacher_repo, tmp_path, "--latents", str(tmp_path / "nowhere")))
-    with pytest.raises(SystemExit, match="yolov5n.yaml: no FeatureMapper rows"):
+    with pytest.raises(SystemExit, match="yolov5n.yaml: the model has no side inputs for d3n; drop --latents"):
         train.main(train_flags(teacher_repo, tmp_path, "--latents", str(teacher_repo["repo"]), "--cfg", "yolov5n.yaml"))
 
 
 def test_fusion_weights_are_plotted_after_training(teacher_repo, tmp_path):
     (tmp_path / "results.csv").write_text("epoch,metrics/mAP_0.5,fusion/L27/det,fusion/L27/ddpm,fusion/L27/cross\n"
                                           "0,0.1,0.34,0.33,0.33\n1,0.2,0.4,0.3,0.3\n")
-    D3NTask(teacher_repo["repo"]).on_train_end(tmp_path)
+    D3NTask(RepositoryInputs.open(teacher_repo["repo"])).on_train_end(tmp_path)
     assert (tmp_path / "fusion_weights.png").stat().st_size > 0
