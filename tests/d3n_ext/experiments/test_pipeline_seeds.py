@@ -90,7 +90,7 @@ def test_table_gflops_equal_the_layer_table_s(cfg, tmp_path):
     from types import SimpleNamespace
 
     import d3n_ext  # noqa: F401  (registers the fusion blocks)
-    from d3n_ext.binding import bind_levels, preset_levels
+    from d3n_ext.fusion.binding import bind_levels, preset_levels
     from models.loading import save_model
     from models.yolo import Model, load_model_yaml
     from tests.conftest import TINY
