@@ -1,7 +1,7 @@
 """D3N's one join with the core (`engine.plugins`): the --latents flag, the feature repository as the
 side inputs of a hybrid teacher, and the teacher and distillation tasks.
 
-A model D3N claims is one whose YAML has SideInput rows (the hybrid teacher). Its side inputs are the
+A model D3N claims is one whose YAML has SideInput rows decoded by FeatureMapper rows (the hybrid teacher). Its side inputs are the
 latents of a feature repository (stage 1), opened once here and handed to the dataset, the predictor
 and the training task. The latents describe the whole stretched image, hence the --scale rule.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from d3n_ext.fusion.binding import side_inputs_of_yaml
+from d3n_ext.fusion.blocks import row_role
 from d3n_ext.distill import DistillationTask, add_distill_flags
 from d3n_ext.fusion.task import D3NTask
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
@@ -34,7 +35,9 @@ class D3NPlugin(Plugin):
             add_distill_flags(parser)
 
     def claims(self, model_yaml: dict) -> bool:
-        return reads_side_inputs(model_yaml)
+        """A model with side inputs and FeatureMapper rows (blocks of role 'mapper') to decode them."""
+        rows = [*(model_yaml.get("backbone") or []), *(model_yaml.get("head") or [])]
+        return reads_side_inputs(model_yaml) and any(row_role(r) == "mapper" for r in rows)
 
     def flags_given(self, args: argparse.Namespace) -> list[str]:
         return ["--latents"] if getattr(args, "latents", "") else []

@@ -53,7 +53,8 @@ class DepthPlugin(Plugin):
 
 @pytest.fixture
 def depth_plugin(monkeypatch):
-    """DepthPlugin registered for one test (the registry is restored afterwards)."""
+    """DepthPlugin registered beside d3n_ext (plugins.yaml) for one test; the registry is restored afterwards."""
+    plugins.load_plugins()
     monkeypatch.setattr(plugins, "_PLUGINS", dict(plugins._PLUGINS))
     return register_plugin(DepthPlugin())
 
@@ -88,12 +89,12 @@ def test_a_listed_package_that_is_missing_is_one_line(tmp_path):
 
 
 def test_every_script_gets_the_plugins_flags(depth_plugin):
-    plugins.load_plugins()  # plugins.yaml: d3n_ext
     args = train.parse_opt(["--depth-maps", "maps/"])
     assert args.depth_maps == "maps/" and args.latents == ""  # both plug-ins' flags, no script edited
 
 
 def test_a_claimed_model_gets_its_side_inputs_and_their_rules(depth_plugin, caplog):
+    """d3n_ext is loaded too: it claims only models whose side inputs its FeatureMapper rows decode."""
     args = parse("val", "--depth-maps", "maps/")
     inputs = side_inputs_for(DEPTH_YAML, args, "depth.pt")
     assert isinstance(inputs, DepthInputs)
