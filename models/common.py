@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import BuildContext, conv_like, csp_like, register_block, same_channels
+from models.registry import BuildContext, conv_like, csp_like, register_block, same_channels, single_input
 
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
@@ -125,6 +125,34 @@ class Concat(nn.Module):
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(x, self.d)
+
+
+def _proto_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):
+    """args = [hidden, masks]: the hidden width scales with width_multiple, the prototype count does not."""
+    c1 = single_input(ch_in, cls.__name__)
+    if len(args) > 2:
+        raise ValueError("Proto takes [hidden channels, number of prototypes]")
+    hidden, masks = (args[0] if args else 256), (args[1] if len(args) > 1 else 32)
+    return cls(c1, ctx.width(hidden), int(masks)), int(masks)
+
+
+@register_block(builder=_proto_builder)
+class Proto(nn.Module):
+    """YOLOv5-seg's mask prototypes: 3x3 Conv, nearest x2 upsample, 3x3 Conv, 1x1 Conv to c2 maps.
+
+    On the P3 map (stride 8) it gives c2 prototypes at stride 4, which each instance combines linearly
+    with its own mask coefficients.
+    """
+
+    def __init__(self, c1: int, c_: int = 256, c2: int = 32):
+        super().__init__()
+        self.cv1 = Conv(c1, c_, k=3)
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.cv2 = Conv(c_, c_, k=3)
+        self.cv3 = Conv(c_, c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c1, h, w) -> (B, c2, 2h, 2w)
+        return self.cv3(self.cv2(self.upsample(self.cv1(x))))
 
 
 def _side_input_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):

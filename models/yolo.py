@@ -1,4 +1,4 @@
-"""YOLOv5 models from YAML: the parser, the Detect head and Model.
+"""YOLOv5 models from YAML: the parser, the Detect and Segment heads and Model.
 
 `python -m models.yolo --cfg yolov5s.yaml` prints the layer table, parameters and GFLOPs.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import common  # noqa: F401  (registers the core blocks)
-from models.common import Conv, SideInput
+from models.common import Conv, Proto, SideInput
 from models.registry import BuildContext, lookup_block, register_block
 from utils.config import read_yaml_mapping, reject_unknown
 from utils.image_size import check_img_size
@@ -50,6 +50,7 @@ class Detect(nn.Module):
     """
 
     export = False  # True: eval returns only the decoded tensor (for ONNX/TorchScript)
+    nm = 0  # mask coefficients per anchor after the 5 + nc detection outputs (Segment: 32)
 
     def __init__(self, nc: int = 80, anchors: list = (), ch: list[int] = ()):
         super().__init__()
@@ -76,13 +77,23 @@ class Detect(nn.Module):
         out = torch.cat(decoded, 1)
         return out if self.export else (out, raw)
 
+    def raw_maps(self, output) -> list[torch.Tensor]:
+        """The per-level raw maps inside this head's train-mode output (Segment adds prototypes)."""
+        return output
+
     def _decode(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Raw map (B, na, ny, nx, no) of level i -> (B, na * ny * nx, no) boxes in input pixels."""
         bs, _, ny, nx, _ = x.shape
+        return self._decode_boxes(x, i).view(bs, self.na * nx * ny, self.no)
+
+    def _decode_boxes(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """(B, na, ny, nx, 5 + nc) raw -> xywh in input pixels, objectness and class probabilities."""
+        _, _, ny, nx, _ = x.shape
         grid, anchor_grid = self._grid(i, nx, ny, x.device, x.dtype)
         xy, wh, conf = x.sigmoid().split((2, 2, self.nc + 1), 4)
         xy = (xy * 2 - 0.5 + grid) * self.stride[i]
         wh = (wh * 2) ** 2 * anchor_grid
-        return torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no)
+        return torch.cat((xy, wh, conf), 4)
 
     def _grid(self, i: int, nx: int, ny: int, device, dtype):
         key = (i, nx, ny, device, dtype)
@@ -99,15 +110,54 @@ class Detect(nn.Module):
         self._grids.clear()
 
     def initialize_biases(self, class_frequency: torch.Tensor | None = None) -> None:
-        """Objectness prior of ~8 objects per 640x640 image; class prior 0.6 / (nc - 0.99)."""
+        """Objectness prior of ~8 objects per 640x640 image; class prior 0.6 / (nc - 0.99).
+
+        Mask coefficients (Segment) keep their zero bias.
+        """
         for conv, s in zip(self.m, self.stride):
             b = conv.bias.view(self.na, -1)
             b.data[:, 4] += math.log(8 / (640 / float(s)) ** 2)
             if class_frequency is None:
-                b.data[:, 5:] += math.log(0.6 / (self.nc - 0.99))
+                b.data[:, 5:5 + self.nc] += math.log(0.6 / (self.nc - 0.99))
             else:
-                b.data[:, 5:] += torch.log(class_frequency / class_frequency.sum())
+                b.data[:, 5:5 + self.nc] += torch.log(class_frequency / class_frequency.sum())
             conv.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+
+def _segment_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):
+    """args = [nc, anchors, masks, prototype width]: the width scales with width_multiple, as YOLOv5's."""
+    args = list(args)
+    if len(args) >= 4:
+        args[3] = ctx.width(args[3])
+    return _detect_builder(cls, ch_in, args, n, ctx)
+
+
+@register_block(builder=_segment_builder)
+class Segment(Detect):
+    """YOLOv5-seg's head: Detect with nm mask coefficients per anchor, plus a Proto branch on the first (P3) input.
+
+    It returns what Detect returns in the same mode, paired with the prototypes (B, nm, 2 ny3, 2 nx3):
+    train (raw maps [(B, na, ny, nx, 5 + nc + nm)], protos); eval ((decoded (B, N, 5 + nc + nm), raw maps),
+    protos); export (decoded, protos), the two ONNX outputs. Decoded rows keep the coefficients raw.
+    """
+
+    def __init__(self, nc: int = 80, anchors: list = (), nm: int = 32, npr: int = 256, ch: list[int] = ()):
+        super().__init__(nc, anchors, ch)
+        self.nm, self.npr = int(nm), int(npr)
+        self.no = 5 + self.nc + self.nm
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self.proto = Proto(ch[0], self.npr, self.nm)
+
+    def forward(self, xs: list[torch.Tensor]):
+        return super().forward(xs), self.proto(xs[0])
+
+    def raw_maps(self, output) -> list[torch.Tensor]:
+        return output[0]
+
+    def _decode(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        bs, _, ny, nx, _ = x.shape
+        boxes = self._decode_boxes(x[..., :5 + self.nc], i)
+        return torch.cat((boxes, x[..., 5 + self.nc:]), 4).view(bs, self.na * nx * ny, self.no)
 
 
 def _resolve_arg(a, ctx: BuildContext):
@@ -179,7 +229,7 @@ def parse_model(cfg: dict, ch: int, source: str = "<dict>") -> tuple[nn.Sequenti
         layers.append(module)
         chs.append(c2)
     if not isinstance(layers[-1], Detect):
-        raise ModelConfigError(f"{source}: the last row must be Detect, got {layers[-1].type}")
+        raise ModelConfigError(f"{source}: the last row must be Detect or Segment, got {layers[-1].type}")
     return nn.Sequential(*layers), sorted(set(save))
 
 
@@ -208,7 +258,8 @@ def reads_side_inputs(model_yaml: dict) -> bool:
 
 
 class Model(nn.Module):
-    """A YOLOv5 detector built from a model YAML (path, bare name or dict)."""
+    """A YOLOv5 detector (Detect head) or instance segmenter (Segment head) built from a model YAML (path,
+    bare name or dict); its output is its head's (see Detect and Segment)."""
 
     def __init__(self, cfg: str | Path | dict = "yolov5s.yaml", ch: int = 3, nc: int | None = None,
                  anchors: list | None = None):
@@ -241,7 +292,7 @@ class Model(nn.Module):
         self.train()  # raw maps only: their sizes give the strides
         with torch.no_grad():
             x = torch.zeros(1, self.in_channels, s, s)
-            raw = self.forward(x, side=self.dummy_side(x), explain_errors=True)
+            raw = m.raw_maps(self.forward(x, side=self.dummy_side(x), explain_errors=True))
         m.stride.copy_(torch.tensor([s / r.shape[-2] for r in raw]))
         m.anchors /= m.stride.view(-1, 1, 1)
         self._check_anchor_order()
