@@ -6,6 +6,8 @@ augmentations. Every geometric step is recorded in a `Placement` per source imag
 whose `load_extras` returns per-image maps (D3N's diffusion latents) gets them warped like the
 pixels: resize, letterbox, mosaic tiles, affine/perspective, crop, flips. Photometric steps (HSV)
 touch the image only. Under mixup the extras are mixed with the same weight as the images.
+Label files hold boxes or YOLOv5 segment polygons; a detector trains on the polygons' boxes, and
+`utils.segment_dataset` replays the same placements on the polygons themselves.
 """
 
 from __future__ import annotations
@@ -36,60 +38,85 @@ from utils.data_config import img2label_paths
 from utils.files import atomic_write_text
 from utils.hyp import Hyp
 from utils.images import decode_image
+from utils.polygons import polygon_area, polygon_box
 from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the verification rules change, so old caches are rebuilt
+CACHE_VERSION = 3  # bump when the verification rules change, so old caches are rebuilt
 COORD_TOLERANCE = 1e-3  # label coordinates this far outside [0, 1] are clipped rather than dropped
 MIN_IMAGE_SIDE = 10  # px; smaller images are treated as corrupt
 
 
 # ---------------------------------------------------------------- label verification
 
-def _row_problem(fields: list[str], nc: int | None) -> str | None:
-    """Why a label row is unusable, or None when it is a good `cls x y w h` row."""
-    if len(fields) != 5:
+def _row_problem(fields: list[str], nc: int | None, polygon: bool) -> str | None:
+    """Why a label row is unusable, or None when it is a good `cls x y w h` row (or, in a polygon file, a good
+    `cls x1 y1 x2 y2 x3 y3 ...` row)."""
+    if polygon and len(fields) == 5:
+        return "a box row in a polygon label file (a file holds boxes or polygons, not both)"
+    if polygon and (len(fields) < 7 or len(fields) % 2 == 0):
+        return f"expected a polygon, class and at least 3 x y pairs (an odd count of 7 or more numbers), got {len(fields)}"
+    if not polygon and len(fields) > 6:
+        return "a polygon row in a box label file (a file holds boxes or polygons, not both)"
+    if not polygon and len(fields) != 5:
         return f"expected 5 numbers (class x y w h), got {len(fields)}"
     try:
-        cls, *xywh = (float(f) for f in fields)
+        cls, *coords = (float(f) for f in fields)
     except ValueError:
         return "not a number"
-    if not all(math.isfinite(v) for v in (cls, *xywh)):
+    if not all(math.isfinite(v) for v in (cls, *coords)):
         return "not finite"
     if cls != int(cls) or cls < 0 or (nc is not None and cls >= nc):
         return f"class {fields[0]} is not an integer in [0, {nc if nc is not None else 'nc'})"
-    if min(xywh) < -COORD_TOLERANCE or max(xywh) > 1 + COORD_TOLERANCE:
-        return "coordinates outside [0, 1] (labels must be normalised x y w h)"
-    if xywh[2] <= 0 or xywh[3] <= 0:
+    if min(coords) < -COORD_TOLERANCE or max(coords) > 1 + COORD_TOLERANCE:
+        what = "x y pairs" if polygon else "x y w h"
+        return f"coordinates outside [0, 1] (labels must be normalised {what})"
+    if polygon:
+        xy = np.clip(np.array(coords).reshape(-1, 2), 0, 1)
+        if np.ptp(xy[:, 0]) <= 0 or np.ptp(xy[:, 1]) <= 0 or polygon_area(xy) <= 0:
+            return "the polygon encloses no area"
+    elif coords[2] <= 0 or coords[3] <= 0:
         return "width and height must be > 0"
     return None
 
 
-def parse_label_text(text: str, label_file: str | Path, nc: int | None) -> tuple[np.ndarray, list[str]]:
-    """Label file text -> ((k, 5) float32 [cls, x, y, w, h], one message per dropped row)."""
-    rows, msgs, seen = [], [], set()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        problem = _row_problem(fields, nc)
+def parse_label_text(text: str, label_file: str | Path,
+                     nc: int | None) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Label file text -> ((k, 5) float32 [cls, x, y, w, h], polygons, one message per dropped row).
+
+    A file holds YOLO boxes (`cls x y w h`) or YOLOv5 segment polygons (`cls x1 y1 ... xn yn`, normalised),
+    whichever most rows are; rows of the other kind are dropped with a message. For polygons, `polygons`
+    holds one (m, 2) float32 array per kept row and the boxes are the polygons' extents; for boxes it is [].
+    """
+    lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.split()]
+    polygon = sum(len(f) > 6 for _, f in lines) > sum(len(f) == 5 for _, f in lines)
+    rows, polygons, msgs, seen = [], [], [], set()
+    for lineno, fields in lines:
+        problem = _row_problem(fields, nc, polygon)
         if problem is None:
             values = np.array(fields, np.float32)
             values[1:] = values[1:].clip(0, 1)  # tiny overshoot from rounding in converters
-            row = tuple(values.tolist())
-            if row not in seen:
-                seen.add(row)
-                rows.append(row)
+            key = tuple(values.tolist())
+            if key not in seen:
+                seen.add(key)
+                if polygon:
+                    xy = values[1:].reshape(-1, 2)
+                    polygons.append(xy)
+                    values = np.concatenate((values[:1], polygon_box(xy)))
+                rows.append(values)
                 continue
             problem = "duplicate row"
         msgs.append(f"{label_file}:{lineno}: {problem}; row dropped")
-    return np.array(rows, np.float32).reshape(-1, 5), msgs
+    return np.array(rows, np.float32).reshape(-1, 5), polygons, msgs
 
 
 def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
-    """Decode one image and parse its labels -> a JSON-able cache entry with status and messages."""
-    entry = {"shape": None, "labels": [], "status": "corrupt", "msgs": [], "dropped": 0}
+    """Decode one image and parse its labels -> a JSON-able cache entry with status and messages.
+
+    `segments` holds the file's polygons as flat [x1, y1, x2, y2, ...] lists, or nothing for box labels.
+    """
+    entry = {"shape": None, "labels": [], "segments": [], "status": "corrupt", "msgs": [], "dropped": 0}
     im, problem = decode_image(im_file)
     if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:
         problem = problem if im is None else f"smaller than {MIN_IMAGE_SIDE} px"
@@ -105,9 +132,9 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         entry["msgs"] = [f"{label_file}: label file unreadable ({type(e).__name__}); image skipped"]
         return entry
-    labels, msgs = parse_label_text(text, label_file, nc)
+    labels, polygons, msgs = parse_label_text(text, label_file, nc)
     entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
-                 dropped=len(msgs))
+                 dropped=len(msgs), segments=[p.reshape(-1).tolist() for p in polygons])
     return entry
 
 
@@ -233,8 +260,10 @@ def _flip_matrix(flip_lr: bool, flip_ud: bool, width: int, height: int) -> np.nd
 class LoadImagesAndLabels(Dataset):
     """YOLO images + labels for training and validation, with replayable geometry for extra maps.
 
-    Subclasses add per-image maps by overriding `load_extras` and setting `extra_strides`
-    {name: stride of the output grid relative to the output image}.
+    `labels` holds per image (k, 5) [cls, x, y, w, h] normalised; `segments` the same rows' polygons (one (m, 2)
+    normalised array each) when the label file holds segment polygons, else []. Subclasses add per-image maps
+    by overriding `load_extras` and setting `extra_strides` {name: stride of the output grid relative to the
+    output image}.
     """
 
     def __init__(self, img_files: list[Path], imgsz: int = 640, batch_size: int = 16, augment: bool = False,
@@ -272,6 +301,7 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [im_files[i] for i in keep]
         self.label_files = [label_files[i] for i in keep]
         self.labels = [np.array(entries[i]["labels"], np.float32).reshape(-1, 5) for i in keep]
+        self.segments = [[np.array(p, np.float32).reshape(-1, 2) for p in entries[i]["segments"]] for i in keep]
         self.shapes = np.array([entries[i]["shape"] for i in keep], np.int64).reshape(-1, 2)  # (N, 2) w, h
         if single_cls:
             for lb in self.labels:
@@ -286,6 +316,7 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        self.segments = [self.segments[i] for i in order]
         self.shapes, aspect = self.shapes[order], aspect[order]
         self.batch_index = np.arange(len(order)) // batch_size
         rel = np.ones((self.batch_index[-1] + 1, 2))
@@ -483,7 +514,8 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
                       dataset_kwargs: dict | None = None, distributed: bool | None = None) -> tuple[DataLoader, Dataset]:
     """A DataLoader over `dataset_cls`; under torch.distributed each rank gets its share of every epoch.
 
-    Shuffling uses a sampler seeded by (seed, epoch), so call `set_loader_epoch` before each epoch.
+    Shuffling uses a sampler seeded by (seed, epoch), so call `set_loader_epoch` before each epoch. Batches are
+    put together by the dataset class's `collate_fn` when it has one (masks), else by `collate_fn` here.
     `distributed=False` builds a whole-split loader on one rank (rank-0 validation under DDP).
     """
     use_dist = dist.is_initialized() if distributed is None else distributed
@@ -505,7 +537,8 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed) if shuffle else None
     generator = torch.Generator()
     generator.manual_seed(seed + (dist.get_rank() if use_dist else 0))
+    collate = getattr(dataset, "collate_fn", collate_fn)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
-                        pin_memory=torch.cuda.is_available(), collate_fn=collate_fn, worker_init_fn=seed_worker,
+                        pin_memory=torch.cuda.is_available(), collate_fn=collate, worker_init_fn=seed_worker,
                         generator=generator, persistent_workers=nw > 0)
     return loader, dataset
