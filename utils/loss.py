@@ -109,12 +109,14 @@ class Matches:
     tbox: list[torch.Tensor]  # (m, 4) target xywh
     tcls: list[torch.Tensor]  # (m,) class index
     anchors: list[torch.Tensor]  # (m, 2) anchor wh of the matched anchor
+    rows: list[torch.Tensor] = dataclasses.field(default_factory=list)  # (m,) the target's row in `targets`
 
 
 class ComputeLoss:
     """YOLOv5's loss for a Detect head: call with raw maps and (n, 6) targets.
 
-    Returns (total x batch size, shape (1,)) and the detached [box, obj, cls] parts (3,).
+    Returns (total x batch size, shape (1,)) and the detached [box, obj, cls] parts (3,). Raw maps may
+    carry more than 5 + nc channels (a Segment head's mask coefficients); this loss reads the first 5 + nc.
     """
 
     def __init__(self, model: nn.Module, hyp: Hyp, imgsz: int):
@@ -132,16 +134,19 @@ class ComputeLoss:
         device = preds[0].device
         self.bce_cls.to(device)  # the pos_weight buffers follow the predictions
         self.bce_obj.to(device)
-        matches = self.build_targets(preds, targets)
-        zero = torch.zeros(1, device=device)
+        lbox, lobj, lcls = self.detection_losses(preds, self.build_targets(preds, targets))
+        bs = preds[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def detection_losses(self, preds: list[torch.Tensor], matches: Matches) -> tuple[torch.Tensor, ...]:
+        """(box, obj, cls), each (1,), with the gains applied, for already matched targets."""
+        zero = torch.zeros(1, device=preds[0].device)
         lbox, lobj, lcls = zero.clone(), zero.clone(), zero.clone()
-        for i, p in enumerate(preds):  # p: (B, na, ny, nx, 5 + nc)
+        for i, p in enumerate(preds):  # p: (B, na, ny, nx, 5 + nc [+ nm])
             box_i, obj_i, cls_i = self._level_loss(p, matches, i)
             lbox, lobj, lcls = lbox + box_i, lobj + obj_i * self.gains.balance[i], lcls + cls_i
         g = self.gains
-        lbox, lobj, lcls = lbox * g.box, lobj * g.obj, lcls * g.cls
-        bs = preds[0].shape[0]
-        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+        return lbox * g.box, lobj * g.obj, lcls * g.cls
 
     def _level_loss(self, p: torch.Tensor, matches: Matches, i: int) -> tuple[torch.Tensor, ...]:
         """(box, obj, cls) losses of one level before the gains; objectness targets are the IoUs."""
@@ -150,7 +155,7 @@ class ComputeLoss:
         lbox = lcls = torch.zeros((), device=p.device)
         n = b.shape[0]
         if n:
-            pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), 1)  # the matched predictions
+            pxy, pwh, _, pcls = p[b, a, gj, gi, :5 + self.nc].split((2, 2, 1, self.nc), 1)  # the matched predictions
             pxy = pxy.sigmoid() * 2 - 0.5
             pwh = (pwh.sigmoid() * 2) ** 2 * matches.anchors[i]
             iou = bbox_iou(torch.cat((pxy, pwh), 1), matches.tbox[i], CIoU=True).squeeze(-1)  # (n,)
@@ -174,7 +179,8 @@ class ComputeLoss:
         na, nt = self.na, targets.shape[0]
         targets = targets.to(device=preds[0].device, dtype=torch.float32)
         anchor_idx = torch.arange(na, device=targets.device, dtype=targets.dtype).view(na, 1, 1).expand(na, nt, 1)
-        per_anchor = torch.cat((targets.expand(na, nt, 6), anchor_idx), 2)  # (na, nt, 7): target + anchor index
+        row = torch.arange(nt, device=targets.device, dtype=targets.dtype).view(1, nt, 1).expand(na, nt, 1)
+        per_anchor = torch.cat((targets.expand(na, nt, 6), anchor_idx, row), 2)  # (na, nt, 8): + anchor, row
         matches = Matches([], [], [], [])
         for i, p in enumerate(preds):
             self._match_level(per_anchor, self.detect.anchors[i].to(targets), p.shape, matches)
@@ -184,14 +190,14 @@ class ComputeLoss:
                      matches: Matches) -> None:
         """Append one level's matches; `anchors` (na, 2) and boxes in this level's grid units."""
         ny, nx = shape[2], shape[3]
-        gain = per_anchor.new_tensor([1, 1, nx, ny, nx, ny, 1])
-        t = per_anchor * gain  # (na, nt, 7) boxes in grid units
+        gain = per_anchor.new_tensor([1, 1, nx, ny, nx, ny, 1, 1])
+        t = per_anchor * gain  # (na, nt, 8) boxes in grid units
         ratio = t[..., 4:6] / anchors[:, None]  # (na, nt, 2)
-        t = t[torch.max(ratio, 1 / ratio).amax(2) < self.gains.anchor_t]  # (m, 7)
+        t = t[torch.max(ratio, 1 / ratio).amax(2) < self.gains.anchor_t]  # (m, 8)
         cells = _neighbour_masks(t[:, 2:4], nx, ny)  # (5, m)
         offsets = t.new_tensor(CELL_OFFSETS) * NEIGHBOUR_G  # (5, 2)
         offsets = offsets[:, None].expand(5, t.shape[0], 2)[cells]  # (k, 2)
-        t = t.expand(5, *t.shape)[cells]  # (k, 7)
+        t = t.expand(5, *t.shape)[cells]  # (k, 8)
         b, c, a = t[:, 0].long(), t[:, 1].long(), t[:, 6].long()
         gxy, gwh = t[:, 2:4], t[:, 4:6]
         gij = (gxy - offsets).long()
@@ -200,6 +206,7 @@ class ComputeLoss:
         matches.tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
         matches.tcls.append(c)
         matches.anchors.append(anchors[a])
+        matches.rows.append(t[:, 7].long())
 
 
 def _neighbour_masks(gxy: torch.Tensor, nx: int, ny: int) -> torch.Tensor:
