@@ -18,6 +18,8 @@ from engine.plugins import InputRules, check_no_plugin_flags, registered_plugins
 from utils.dataloaders import LoadImagesAndLabels
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
+from utils.segment_dataset import MASKS, LoadImagesAndMasks
+from utils.segment_loss import ComputeSegmentLoss
 from utils.torch_utils import de_parallel
 
 
@@ -57,6 +59,9 @@ class DetectionTask:
         return model
 
     def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
+        if de_parallel(model).detect.nm:
+            raise ValueError(f"{_yaml_name(model)}: a segmentation model (Segment head) needs the segmentation "
+                             "task and polygon labels; train a Detect model here")
         self.compute_loss = ComputeLoss(de_parallel(model), hyp, imgsz)
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -71,6 +76,10 @@ class DetectionTask:
         """(loss to back-propagate, detached items named by loss_names)."""
         return self.compute_loss(preds, targets)
 
+    def validation_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the detection validator runs: a module whose eval output is (decoded (B, N, 5 + nc), raw maps)."""
+        return model
+
     def epoch_log(self, model: torch.nn.Module) -> dict[str, float]:
         """Extra per-epoch figures for results.csv (e.g. learned fusion weights)."""
         return {}
@@ -81,6 +90,73 @@ class DetectionTask:
     def checkpoint_extra(self) -> dict[str, Any]:
         """Task facts saved with each checkpoint (e.g. which teacher distilled it)."""
         return {}
+
+
+def _yaml_name(model: torch.nn.Module) -> str:
+    return de_parallel(model).yaml.get("yaml_file", "the model")
+
+
+class BoxOutputs(torch.nn.Module):
+    """A segmenter seen as a detector: eval output (decoded boxes (B, N, 5 + nc), raw maps), protos dropped.
+
+    The per-epoch validation scores a segmenter's boxes with the detection validator through this view;
+    the masks in a batch's extras are targets, not side inputs, so they never reach the model.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, imgs: torch.Tensor, side: dict[str, torch.Tensor] | None = None):
+        side = {k: v for k, v in (side or {}).items() if k != MASKS}
+        (decoded, raw), _ = self.model(imgs, side) if side else self.model(imgs)
+        return decoded[..., :5 + de_parallel(self.model).detect.nc], raw
+
+
+@register_task
+class SegmentationTask(DetectionTask):
+    """YOLOv5-seg training: the detection loss plus the mask loss, on polygon labels rasterised to masks.
+
+    `mask_ratio`: masks at 1/mask_ratio of the input (4 matches the prototypes' stride); `overlap`: one map
+    of instance numbers per image (YOLOv5's default) instead of one mask per object.
+    """
+
+    kind = "segment"
+    loss_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
+    dataset_cls = LoadImagesAndMasks
+
+    def __init__(self, mask_ratio: int = 4, overlap: bool = True):
+        if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, int) or mask_ratio < 1:
+            raise ValueError(f"--mask-ratio {mask_ratio!r}: expected a positive integer (YOLOv5: 4)")
+        self.mask_ratio, self.overlap = mask_ratio, bool(overlap)
+
+    def state(self) -> dict[str, Any]:
+        return {"mask_ratio": self.mask_ratio, "overlap": self.overlap}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args: argparse.Namespace | None = None) -> "SegmentationTask":
+        return cls(**state)
+
+    def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {"mask_ratio": self.mask_ratio, "overlap": self.overlap}
+
+    def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
+        if not de_parallel(model).detect.nm:
+            raise ValueError(f"{_yaml_name(model)}: segmentation needs a model with a Segment head "
+                             "(e.g. yolov5s-seg.yaml)")
+        self.compute_loss = ComputeLoss(de_parallel(model), hyp, imgsz)  # box/obj/cls, also the validation loss
+        self.segment_loss = ComputeSegmentLoss(self.compute_loss, self.overlap)
+
+    def forward(self, model: torch.nn.Module, imgs: torch.Tensor, extras: dict[str, torch.Tensor]):
+        """(raw maps, protos); the masks stay out of the model's side inputs."""
+        return super().forward(model, imgs, {k: v for k, v in extras.items() if k != MASKS})
+
+    def loss(self, preds, targets: torch.Tensor, imgs: torch.Tensor,
+             extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.segment_loss(preds, targets, extras[MASKS])
+
+    def validation_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return BoxOutputs(model)
 
 
 def task_from_state(kind: str, state: dict[str, Any], args: argparse.Namespace | None = None,

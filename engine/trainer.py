@@ -338,9 +338,9 @@ class Trainer:
     # --- validation, logging, checkpoints ------------------------------------------------
     def validate(self, final: bool, model: nn.Module | None = None):
         options = ValOptions(plots=final and not self.opt.noplots, verbose=final)
-        return run_validation(model or self.ema.ema, self.val_loader, self.model_names,
-                              self.save_dir if final else None, options, compute_loss=self.task.compute_loss,
-                              device=self.device)
+        model = self.task.validation_model(model or self.ema.ema)  # e.g. a segmenter scored on its boxes
+        return run_validation(model, self.val_loader, self.model_names, self.save_dir if final else None, options,
+                              compute_loss=self.task.compute_loss, device=self.device)
 
     def results_row(self, epoch: int, items: np.ndarray, result) -> dict:
         """One results.csv row: epoch, train losses, validation metrics and losses, learning rates, task columns."""
