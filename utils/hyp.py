@@ -26,7 +26,7 @@ class Hyp:
     warmup_epochs: float = 3.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
-    box: float = 0.05  # box loss gain
+    box: float = 0.05  # box loss gain; also the mask loss gain of segmentation (as YOLOv5-seg)
     cls: float = 0.5  # class loss gain
     cls_pw: float = 1.0  # class BCE positive weight
     obj: float = 1.0  # objectness loss gain (scales with pixels)
@@ -46,7 +46,7 @@ class Hyp:
     fliplr: float = 0.5  # probability of a horizontal flip
     mosaic: float = 1.0  # probability of a 4-image mosaic
     mixup: float = 0.0  # probability of mixup
-    copy_paste: float = 0.0  # segment copy-paste (not supported: detection labels only; must be 0)
+    copy_paste: float = 0.0  # segment copy-paste (not implemented; must be 0)
     anchors: float = 3.0  # anchors per output grid (informational; the model YAML decides)
     nbs: float = 64.0  # nominal batch size: gradients accumulate up to it, weight decay scales with it
     label_smoothing: float = 0.0  # set by --label-smoothing
@@ -72,5 +72,5 @@ def load_hyp(path: str | Path | None = None) -> Hyp:
         raise ValueError(f"{path}: hyper-parameter(s) {bad} must be numbers")
     hyp = Hyp(**{k: float(v) for k, v in raw.items()})
     if hyp.copy_paste:
-        raise ValueError(f"{path}: copy_paste needs segment labels, which detection data lacks; set it to 0")
+        raise ValueError(f"{path}: copy_paste (segment copy-paste) is not implemented; set it to 0")
     return hyp

@@ -31,8 +31,8 @@ IMAGES = [
     ((150, 100), [(2, [(0.05, 0.2), (0.6, 0.05), (0.9, 0.5), (0.5, 0.95), (0.3, 0.6)])]),
 ]
 STILL = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, translate=0, scale=0, fliplr=0, mosaic=0)
-WARPED = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, degrees=15, translate=0.1, scale=0.3, shear=5, fliplr=0.5, flipud=0.5,
-             mosaic=1.0)
+WARPED = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, degrees=15, translate=0.1, scale=0.3, shear=5, perspective=0.0005,
+             fliplr=0.5, flipud=0.5, mosaic=1.0)
 
 
 def _polygon_row(cls: int, points) -> str:
@@ -150,9 +150,10 @@ class RecordingMasks(LoadImagesAndMasks):
         return super()._finish(index, sample)
 
 
-def test_a_polygon_survives_mosaic_affine_and_flips(seg_dir):
+@pytest.mark.parametrize("scale_mode", [False, True])
+def test_a_polygon_survives_mosaic_affine_and_flips(seg_dir, scale_mode):
     """Paint, augment, threshold the image: the rasterised masks cover what the warped image shows."""
-    ds = RecordingMasks(_files(seg_dir), imgsz=160, augment=True, hyp=WARPED, seed=3)
+    ds = RecordingMasks(_files(seg_dir), imgsz=160, augment=True, hyp=WARPED, seed=3, scale_mode=scale_mode)
     ds.record, ious = [], []
     for epoch in range(3):
         ds.set_epoch(epoch)
