@@ -60,8 +60,8 @@ class DetectionTask:
 
     def setup(self, model: torch.nn.Module, hyp: Hyp, imgsz: int, device: torch.device) -> None:
         if de_parallel(model).detect.nm:
-            raise ValueError(f"{_yaml_name(model)}: a segmentation model (Segment head) needs the segmentation "
-                             "task and polygon labels; train a Detect model here")
+            raise ValueError(f"{_yaml_name(model)}: a segmentation model (Segment head); train it on polygon "
+                             "labels with `python -m segment.train`")
         self.compute_loss = ComputeLoss(de_parallel(model), hyp, imgsz)
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
