@@ -3,7 +3,10 @@
 The paper's datasets cannot be fetched here, so quickstart, demos and tests train on grey,
 textured "hot-rolled steel" images carrying NEU-DET's six defect classes, each with its own look,
 about a third of them deliberately faint (non-salient defects are what D3N is for). Boxes are
-exact: tight around every drawn pixel, clipped to the image.
+exact: tight around every drawn pixel, clipped to the image. With task "segment" the labels are
+YOLOv5 segment rows instead: each instance's outer contour traced on the very pixels painted
+(an instance painted in pieces, such as a cluster of pits, becomes one polygon with its parts
+bridged), so the images are the same as for "detect".
 
     python -m data.synthetic --out datasets/synth-defects --seed 0 --samples-grid grid.jpg
 
@@ -21,7 +24,7 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -30,7 +33,8 @@ import yaml
 from tqdm import tqdm
 
 from data.defect_painters import CONTRAST_GAINS, PAINTERS, REGION_SIZES
-from data.scripts.common import atomic_write_bytes, atomic_write_text, yolo_label_text
+from data.polygons import mask_to_polygons, merge_polygons
+from data.scripts.common import atomic_write_bytes, atomic_write_text, segment_label_text, yolo_label_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ VERSION = 1  # bump when the rendering changes, so existing datasets are regener
 MARKER = ".complete.json"
 OWNER = ".synthetic-owner"  # written first: the folder is the generator's to change
 SPLIT_IDS = {"train": 0, "val": 1}
+TASKS = ("detect", "segment")  # label rows: boxes, or polygons of the painted pixels
 FAINT_SHARE = 0.3  # share of instances drawn at low contrast on purpose
 FAINT_CONTRAST = (8.0, 14.0)  # grey levels; the surface texture has a std of about 4
 CLEAR_CONTRAST = (20.0, 55.0)
@@ -52,11 +57,18 @@ CLASS_COLOURS = ((56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255),
 
 @dataclass(frozen=True)
 class Defect:
-    """One drawn instance: class index, pixel box (x1, y1, x2, y2; x2, y2 exclusive), contrast."""
+    """One drawn instance: class index, pixel box (x1, y1, x2, y2; x2, y2 exclusive), contrast, and
+    the (S, S) bool mask of the pixels it painted."""
 
     cls: int
     box: tuple[int, int, int, int]
     contrast: float
+    painted: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def polygon(self) -> np.ndarray:
+        """The painted pixels' outer contour as one normalised (k, 2) polygon, pieces bridged."""
+        parts, _ = mask_to_polygons(self.painted)
+        return merge_polygons(parts)
 
 
 # ---------------------------------------------------------------- rendering
@@ -131,24 +143,28 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
         faint = rng.random() < FAINT_SHARE
         contrast = float(rng.uniform(*(FAINT_CONTRAST if faint else CLEAR_CONTRAST))) * CONTRAST_GAINS[cls]
         image += contrast * layer
-        defects.append(Defect(cls, box, contrast))
+        defects.append(Defect(cls, box, contrast, layer != 0))
     image += rng.normal(0.0, 1.5, image.shape)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if rng.random() < 0.5:  # rolling direction vertical: transpose pixels and boxes
         image = np.ascontiguousarray(image.T)
-        defects = [Defect(d.cls, (d.box[1], d.box[0], d.box[3], d.box[2]), d.contrast) for d in defects]
+        defects = [Defect(d.cls, (d.box[1], d.box[0], d.box[3], d.box[2]), d.contrast, d.painted.T) for d in defects]
     return image, defects
 
 
 # ---------------------------------------------------------------- dataset on disk
 
 
-def _marker_args(seed: int, size: int, n_train: int, n_val: int) -> dict:
+def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "detect") -> dict:
+    """The arguments a dataset was made with; `task` only when not "detect", so detection markers
+    (and datasets) made before segment labels existed still count as complete."""
     for key, value, least in (("seed", seed, 0), ("size", size, 32), ("n_train", n_train, 0), ("n_val", n_val, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"synthetic dataset: {key}={value!r} must be an integer >= {least}")
-    return {"generator": GENERATOR, "version": VERSION, "seed": seed, "size": size,
-            "n_train": n_train, "n_val": n_val}
+    if task not in TASKS:
+        raise ValueError(f"synthetic dataset: task={task!r} must be one of {', '.join(TASKS)}")
+    args = {"generator": GENERATOR, "version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val}
+    return args if task == "detect" else {**args, "task": task}
 
 
 def _read_marker(root: Path) -> dict | None:
@@ -201,27 +217,31 @@ def _clear_previous(root: Path) -> None:
                     path.unlink()
 
 
-def _write_split(root: Path, split: str, n: int, seed: int, size: int) -> None:
+def _write_split(root: Path, split: str, n: int, seed: int, size: int, task: str) -> None:
     for i in tqdm(range(n), desc=f"synthetic {split}", leave=False):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
         image, defects = render_sample(rng, size)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise RuntimeError(f"{root}: PNG encoding failed")
-        rows = [(d.cls, d.box) for d in defects]
+        if task == "segment":
+            labels = segment_label_text((d.cls, d.polygon()) for d in defects)
+        else:
+            labels = yolo_label_text(((d.cls, d.box) for d in defects), size, size)
         atomic_write_bytes(root / "images" / split / f"synth_{i:05d}.png", png.tobytes())
-        atomic_write_text(root / "labels" / split / f"synth_{i:05d}.txt", yolo_label_text(rows, size, size))
+        atomic_write_text(root / "labels" / split / f"synth_{i:05d}.txt", labels)
 
 
 def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
-                     exist_ok: bool = False) -> Path:
+                     task: str = "detect", exist_ok: bool = False) -> Path:
     """Write root/images/{train,val}/*.png, root/labels/{train,val}/*.txt, root/data.yaml, then the marker.
 
-    Refuses a folder it did not make (even with exist_ok), and in its own folders a dataset made
-    with other arguments or other files unless exist_ok; other files are never deleted.
+    task "detect" writes box rows, "segment" polygon rows of the same images. Refuses a folder it
+    did not make (even with exist_ok), and in its own folders a dataset made with other arguments
+    or other files unless exist_ok; other files are never deleted.
     """
     root = Path(root)
-    args = _marker_args(seed, size, n_train, n_val)
+    args = _marker_args(seed, size, n_train, n_val, task)
     _check_ownership(root)
     _check_target(root, args, exist_ok)
     root.mkdir(parents=True, exist_ok=True)
@@ -230,46 +250,56 @@ def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int
     for split, n in (("train", n_train), ("val", n_val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        _write_split(root, split, n, seed, size)
+        _write_split(root, split, n, seed, size, task)
     data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val",
             "names": dict(enumerate(CLASS_NAMES))}
     atomic_write_text(root / "data.yaml", yaml.safe_dump(data, sort_keys=False))
     atomic_write_text(root / MARKER, json.dumps(args, indent=1))
-    LOGGER.info("%s: wrote %d train and %d val synthetic images (seed %d, %d px)", root, n_train, n_val, seed, size)
+    LOGGER.info("%s: wrote %d train and %d val synthetic images (seed %d, %d px, %s labels)", root, n_train, n_val,
+                seed, size, task)
     return root
 
 
-def ensure_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100) -> Path:
+def ensure_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
+                   task: str = "detect") -> Path:
     """Generate the dataset unless a complete one with these arguments is already there."""
     root = Path(root)
-    if _read_marker(root) == _marker_args(seed, size, n_train, n_val):
+    if _read_marker(root) == _marker_args(seed, size, n_train, n_val, task):
         return root
     _check_ownership(root)
     LOGGER.info("%s: generating the synthetic defect dataset (first use or changed arguments)", root)
-    return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, exist_ok=True)
+    return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, task=task, exist_ok=True)
 
 
 # ---------------------------------------------------------------- picture
 
 
-def _read_labels(path: Path) -> list[tuple[int, float, float, float, float]]:
+def _read_labels(path: Path) -> list[tuple[int, np.ndarray]]:
+    """(class, values) per row: 4 values for a box, 2k for a polygon."""
     if not path.exists():
         return []
-    return [(int(r[0]), *map(float, r[1:5])) for r in (line.split() for line in path.read_text().splitlines()) if r]
+    rows = (line.split() for line in path.read_text().splitlines())
+    return [(int(r[0]), np.array([float(v) for v in r[1:]])) for r in rows if r]
 
 
 def _draw_tile(image_path: Path, tile: int) -> np.ndarray:
-    """One image scaled to tile x tile, its boxes and class names drawn (Hershey font, no files)."""
+    """One image scaled to tile x tile, its boxes or polygons and class names drawn (Hershey font, no files)."""
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{image_path}: cannot be read")
     image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_LINEAR)
     label_path = image_path.parents[2] / "labels" / image_path.parent.name / f"{image_path.stem}.txt"
-    for cls, xc, yc, w, h in _read_labels(label_path):
-        x1, y1 = int(round((xc - w / 2) * tile)), int(round((yc - h / 2) * tile))
-        x2, y2 = int(round((xc + w / 2) * tile)) - 1, int(round((yc + h / 2) * tile)) - 1
+    for cls, values in _read_labels(label_path):
         colour = CLASS_COLOURS[cls % len(CLASS_COLOURS)]
-        cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
+        if len(values) == 4:
+            xc, yc, w, h = values
+            x1, y1 = int(round((xc - w / 2) * tile)), int(round((yc - h / 2) * tile))
+            x2, y2 = int(round((xc + w / 2) * tile)) - 1, int(round((yc + h / 2) * tile)) - 1
+            cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
+        else:
+            points = np.round(values.reshape(-1, 2) * tile - 0.5).astype(np.int32)  # pixel centres
+            cv2.polylines(image, [points], True, colour, 1)
+            x1, y1 = (int(v) for v in points.min(0))
         name = CLASS_NAMES[cls] if cls < len(CLASS_NAMES) else str(cls)
         (tw, th), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)
         tx, ty = min(max(x1, 0), tile - tw - 2), (y1 - 2 if y1 - th - 3 >= 0 else min(y1 + th + 2, tile - 2))
@@ -279,7 +309,7 @@ def _draw_tile(image_path: Path, tile: int) -> np.ndarray:
 
 
 def render_samples_grid(root: Path, out: Path, n: int = 16, tile: int = 200) -> None:
-    """A JPEG grid of the first n val images (train if val is empty) with boxes and class names."""
+    """A JPEG grid of the first n val images (train if val is empty) with their labels and class names."""
     root, out = Path(root), Path(out)
     paths = sorted((root / "images" / "val").glob("*.png"))[:n] or sorted((root / "images" / "train").glob("*.png"))[:n]
     if not paths:
@@ -307,13 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=200, help="image side in pixels")
     parser.add_argument("--train", type=int, default=300, help="number of training images")
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
+    parser.add_argument("--task", choices=TASKS, default="detect", help="label rows: boxes or polygons (segment)")
     parser.add_argument("--exist-ok", action="store_true", help="replace a dataset made with other arguments")
     parser.add_argument("--samples-grid", type=Path, help="also write a JPEG grid of samples with their boxes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         generate_dataset(args.out, seed=args.seed, size=args.size, n_train=args.train, n_val=args.val,
-                         exist_ok=args.exist_ok)
+                         task=args.task, exist_ok=args.exist_ok)
         if args.samples_grid:
             render_samples_grid(args.out, args.samples_grid)
     except (FileExistsError, FileNotFoundError, ValueError) as e:

@@ -58,16 +58,26 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
     pycocotools exactly, while "iou" scores a little lower where two detections share one label.
     Returns (n, t) bool on iouv's device.
     """
+    iou = box_iou(labels[:, 1:5], detections[:, :4])  # (m, n)
+    return match_iou(iou, labels[:, 0], detections[:, 5], detections[:, 4], iouv, strategy)
+
+
+def match_iou(iou: torch.Tensor, label_cls: torch.Tensor, det_cls: torch.Tensor, conf: torch.Tensor,
+              iouv: torch.Tensor, strategy: str = "iou") -> torch.Tensor:
+    """`match_predictions` on an IoU already computed, so masks are matched exactly as boxes are.
+
+    iou (m, n) labels x detections, label_cls (m,), det_cls (n,), conf (n,), iouv (t,).
+    Returns (n, t) bool on iouv's device.
+    """
     if strategy not in MATCH_STRATEGIES:
         raise ValueError(f"match_predictions: strategy '{strategy}' not in {MATCH_STRATEGIES}")
-    correct = torch.zeros(detections.shape[0], iouv.numel(), dtype=torch.bool, device=iouv.device)
-    if detections.shape[0] == 0 or labels.shape[0] == 0:
+    correct = torch.zeros(iou.shape[1], iouv.numel(), dtype=torch.bool, device=iouv.device)
+    if iou.numel() == 0:
         return correct
-    iouv = iouv.to(detections.device)
-    iou = box_iou(labels[:, 1:5], detections[:, :4])  # (m, n)
-    same_cls = labels[:, 0:1] == detections[None, :, 5]  # (m, n)
+    iouv = iouv.to(iou.device)
+    same_cls = label_cls[:, None].to(iou.device) == det_cls[None, :].to(iou.device)  # (m, n)
     if strategy == "conf":
-        return _match_by_conf(iou, same_cls, detections[:, 4], iouv).to(correct.device)
+        return _match_by_conf(iou, same_cls, conf, iouv).to(correct.device)
     # greedy by IoU over the pairs above a threshold takes exactly the prefix of the matching at
     # the lowest threshold, so one matching serves every threshold
     li, di = greedy_match(iou, same_cls & (iou >= iouv.min()))

@@ -1,8 +1,9 @@
 """Shared pieces of the dataset converters: reading VOC XML, finding images, splitting,
 clipping boxes, writing YOLO labels atomically and reporting what was converted or skipped.
 
-The three converters (NEU-DET, GC10-DET, Tianchi fabric) differ only in their class tables and
-in how one source image becomes output images; everything else lives here once.
+The converters (NEU-DET, GC10-DET, Tianchi fabric; NEU-Seg for segment labels) differ only in
+their class tables and in how one source image becomes output images; everything else lives here
+once.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def yolo_label_text(rows: Iterable[tuple[int, Box]], width: int, height: int) ->
     return "".join(lines)
 
 
+def segment_label_text(rows: Iterable[tuple[int, np.ndarray]]) -> str:
+    """YOLOv5 segment rows `cls x1 y1 ... xn yn`, from (class, (k, 2) normalised polygon) pairs, 6 decimals."""
+    return "".join(f"{cls} " + " ".join(f"{v:.6f}" for v in np.asarray(polygon).reshape(-1)) + "\n"
+                   for cls, polygon in rows)
+
+
 def prepare_output(out: Path, exist_ok: bool, splits: Iterable[str] = ("train", "val")) -> None:
     """Refuse to mix a new conversion into an existing folder unless asked to replace it.
 
@@ -82,10 +89,13 @@ def prepare_output(out: Path, exist_ok: bool, splits: Iterable[str] = ("train", 
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
 
 
-def write_data_yaml(out: Path, names: list[str], fractions: dict[str, float]) -> Path:
-    """<out>/data.yaml naming exactly the splits written (no `path:`, so it resolves to its own folder)."""
-    shares = " ".join(f"{fractions[s]:g}" for s in fractions)
-    lines = [f"# written by the converter: --split {shares}; train with --data {out / DATA_YAML_NAME}\n"]
+def write_data_yaml(out: Path, names: list[str], fractions: dict[str, float], how: str | None = None) -> Path:
+    """<out>/data.yaml naming exactly the splits written (no `path:`, so it resolves to its own folder).
+
+    `how` says in its first comment how the split was made (default: the --split shares).
+    """
+    how = how or "--split " + " ".join(f"{fractions[s]:g}" for s in fractions)
+    lines = [f"# written by the converter: {how}; train with --data {out / DATA_YAML_NAME}\n"]
     lines += [f"{s}: images/{s}\n" for s in SPLITS if fractions.get(s, 0.0) > 0]
     lines += ["names:\n"] + [f"  {i}: {n}\n" for i, n in enumerate(names)]
     path = out / DATA_YAML_NAME
@@ -428,13 +438,18 @@ def converter_parser(description: str, default_out: str) -> argparse.ArgumentPar
 
 def run_converter(convert: Callable[..., ConversionSummary], args: argparse.Namespace, **extra) -> int:
     """Call a converter with the shared flags, print its report; one-line error on bad input."""
+    return run_and_report(lambda: convert(args.src, args.out, seed=args.seed, split=tuple(args.split),
+                                          exist_ok=args.exist_ok, **extra), args.out)
+
+
+def run_and_report(conversion: Callable[[], ConversionSummary], out: Path) -> int:
+    """Run a conversion, print its report and where it wrote; bad input is one logged line and exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = convert(args.src, args.out, seed=args.seed, split=tuple(args.split),
-                          exist_ok=args.exist_ok, **extra)
+        summary = conversion()
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         LOGGER.error("error: %s", e)
         return 1
     print(summary.report())
-    print(f"wrote {args.out} (data YAML: {args.out / DATA_YAML_NAME}, report: {args.out / REPORT_NAME})")
+    print(f"wrote {out} (data YAML: {out / DATA_YAML_NAME}, report: {out / REPORT_NAME})")
     return 0

@@ -1,7 +1,8 @@
-"""The synthetic defect dataset: layout, exact boxes, determinism, safe regeneration."""
+"""The synthetic defect dataset: layout, exact boxes, segment polygons, determinism, safe regeneration."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from data import synthetic
+from data.polygons import mask_to_polygons, polygons_to_mask
 from data.synthetic import CLASS_NAMES, MARKER, draw_defect, ensure_dataset, generate_dataset, render_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,3 +147,77 @@ def test_sample_images_for_detect_are_committed():
     images = sorted((REPO / "data" / "images").glob("*.png"))
     assert 4 <= len(images) <= 6
     assert all(cv2.imread(str(p)) is not None for p in images)
+
+
+# ---------------------------------------------------------------- segment labels
+
+DETECT_DIGEST = "fa13e7f204c06ebb9aa71c800a91f2edf33e5f45f6bfd9a11b4cb1877b51456a"  # SMALL, before segment labels
+
+
+def _digest(root: Path) -> str:
+    """Labels and marker byte for byte, images by their pixels (PNG bytes vary with zlib builds)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml"):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(cv2.imread(str(path), cv2.IMREAD_UNCHANGED).tobytes() if path.suffix == ".png" else path.read_bytes())
+    return h.hexdigest()
+
+
+def test_detection_output_is_unchanged_by_segment_labels(small: Path):
+    """The dataset of an existing data YAML (no task) equals, label and pixel, the one made before
+    segment labels existed, and its marker names no task, so old datasets stay complete."""
+    assert _digest(small) == DETECT_DIGEST
+    assert "task" not in json.loads((small / MARKER).read_text())
+
+
+def test_segment_labels_outline_the_painted_pixels(tmp_path: Path, small: Path):
+    seg = generate_dataset(tmp_path / "seg", **SMALL, task="segment")
+    for image in sorted(small.glob("images/*/*.png")):
+        rel = image.relative_to(small)
+        assert (seg / rel).read_bytes() == image.read_bytes()  # same images as task detect
+        label = Path("labels") / rel.parent.name / f"{image.stem}.txt"
+        boxes = [row.split() for row in (small / label).read_text().splitlines()]
+        polys = [row.split() for row in (seg / label).read_text().splitlines()]
+        assert [b[0] for b in boxes] == [p[0] for p in polys]
+        for box, poly in zip(boxes, polys):
+            points = np.array(poly[1:], float).reshape(-1, 2)
+            xc, yc, w, h = map(float, box[1:])
+            assert len(points) >= 3 and points.min() > 0 and points.max() < 1
+            # vertices are pixel centres: the polygon's extent is the box less half a pixel each side
+            extent = np.concatenate([points.min(0), points.max(0)]) * 128
+            assert extent == pytest.approx([(xc - w / 2) * 128 + 0.5, (yc - h / 2) * 128 + 0.5,
+                                            (xc + w / 2) * 128 - 0.5, (yc + h / 2) * 128 - 0.5], abs=1e-3)
+
+
+def test_polygon_covers_exactly_what_was_painted_plus_bridges():
+    for i in range(12):
+        _, defects = render_sample(np.random.default_rng([5, 0, i]), 160)
+        for d in defects:
+            raster = polygons_to_mask([d.polygon()], 160, 160).astype(bool)
+            filled = polygons_to_mask(mask_to_polygons(d.painted)[0], 160, 160).astype(bool)
+            assert (raster >= d.painted).all() and (raster >= filled).all()
+            assert (raster & ~filled).sum() <= 0.05 * filled.sum() + 160  # only the one-pixel bridges
+
+
+def test_task_is_checked_and_a_change_regenerates(small: Path):
+    with pytest.raises(ValueError, match="detect, segment"):
+        generate_dataset(small, **SMALL, task="pose", exist_ok=True)
+    ensure_dataset(small, **SMALL, task="segment")
+    row = (small / "labels" / "train" / "synth_00000.txt").read_text().splitlines()[0]
+    assert len(row.split()) > 7 and json.loads((small / MARKER).read_text())["task"] == "segment"
+
+
+def test_segment_data_yaml_generates_through_the_loader(tmp_path: Path):
+    from utils.data_config import load_data_config
+
+    data = yaml.safe_load((REPO / "data" / "synth-defects-seg.yaml").read_text())
+    assert data["path"] == "datasets/synth-defects-seg" and data["names"] == dict(enumerate(CLASS_NAMES))
+    assert data["generate"] == {"name": "synth-defects", "task": "segment", "seed": 0, "size": 200,
+                                "n_train": 300, "n_val": 100}
+    data["path"] = str(tmp_path / "seg")
+    data["generate"].update(n_train=2, n_val=1, size=64)
+    (tmp_path / "seg.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = load_data_config(tmp_path / "seg.yaml")
+    assert len(cfg.splits["train"]) == 2
+    rows = (tmp_path / "seg" / "labels" / "train" / "synth_00000.txt").read_text().splitlines()
+    assert rows and all(len(r.split()) % 2 == 1 and len(r.split()) >= 7 for r in rows)
