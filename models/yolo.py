@@ -125,11 +125,12 @@ class Detect(nn.Module):
 
 
 def _segment_builder(cls: type, ch_in: list[int], args: list, n: int, ctx: BuildContext):
-    """args = [nc, anchors, masks, prototype width]: the width scales with width_multiple, as YOLOv5's."""
-    args = list(args)
-    if len(args) >= 4:
-        args[3] = ctx.width(args[3])
-    return _detect_builder(cls, ch_in, args, n, ctx)
+    """args = [nc, anchors, masks=32, prototype width=256]: the width scales with width_multiple, as YOLOv5's."""
+    if not 2 <= len(args) <= 4:
+        raise ValueError("Segment takes [nc, anchors, masks, prototype width]")
+    masks = args[2] if len(args) > 2 else 32
+    width = args[3] if len(args) > 3 else 256
+    return _detect_builder(cls, ch_in, [args[0], args[1], masks, ctx.width(width)], n, ctx)
 
 
 @register_block(builder=_segment_builder)
