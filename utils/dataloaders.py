@@ -38,7 +38,6 @@ from utils.data_config import img2label_paths
 from utils.files import atomic_write_text
 from utils.hyp import Hyp
 from utils.images import decode_image
-from utils.polygons import polygon_area, polygon_box
 from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
@@ -72,22 +71,31 @@ def _row_problem(fields: list[str], nc: int | None, polygon: bool) -> str | None
     if min(coords) < -COORD_TOLERANCE or max(coords) > 1 + COORD_TOLERANCE:
         what = "x y pairs" if polygon else "x y w h"
         return f"coordinates outside [0, 1] (labels must be normalised {what})"
-    if polygon:
-        xy = np.clip(np.array(coords).reshape(-1, 2), 0, 1)
-        if np.ptp(xy[:, 0]) <= 0 or np.ptp(xy[:, 1]) <= 0 or polygon_area(xy) <= 0:
-            return "the polygon encloses no area"
-    elif coords[2] <= 0 or coords[3] <= 0:
+    if not polygon and (coords[2] <= 0 or coords[3] <= 0):
         return "width and height must be > 0"
     return None
 
 
-def parse_label_text(text: str, label_file: str | Path,
-                     nc: int | None) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
-    """Label file text -> ((k, 5) float32 [cls, x, y, w, h], polygons, one message per dropped row).
+def polygon_box(xy: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
+    """(4,) normalised x y w h of the region a polygon (m, 2) outlines: how segment labels give detection boxes.
+
+    Vertices are pixel centres (data.polygons), so the region reaches half a pixel beyond them; a polygon of
+    no area (a one-pixel scratch) still has a box one pixel wide.
+    """
+    half = 0.5 / np.asarray(image_wh, np.float64)
+    lo, hi = np.clip(xy.min(0) - half, 0, 1), np.clip(xy.max(0) + half, 0, 1)
+    return np.concatenate(((lo + hi) / 2, hi - lo))
+
+
+def parse_label_text(text: str, label_file: str | Path, nc: int | None,
+                     image_wh: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Label file text of a (w, h) image -> ((k, 5) float32 [cls, x, y, w, h], polygons, one message per
+    dropped row).
 
     A file holds YOLO boxes (`cls x y w h`) or YOLOv5 segment polygons (`cls x1 y1 ... xn yn`, normalised),
     whichever most rows are; rows of the other kind are dropped with a message. For polygons, `polygons`
-    holds one (m, 2) float32 array per kept row and the boxes are the polygons' extents; for boxes it is [].
+    holds one (m, 2) float32 array per kept row and the boxes are their regions' (`polygon_box`); for boxes
+    it is [].
     """
     lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.split()]
     polygon = sum(len(f) > 6 for _, f in lines) > sum(len(f) == 5 for _, f in lines)
@@ -103,7 +111,7 @@ def parse_label_text(text: str, label_file: str | Path,
                 if polygon:
                     xy = values[1:].reshape(-1, 2)
                     polygons.append(xy)
-                    values = np.concatenate((values[:1], polygon_box(xy)))
+                    values = np.concatenate((values[:1], polygon_box(xy, image_wh))).astype(np.float32)
                 rows.append(values)
                 continue
             problem = "duplicate row"
@@ -132,7 +140,7 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         entry["msgs"] = [f"{label_file}: label file unreadable ({type(e).__name__}); image skipped"]
         return entry
-    labels, polygons, msgs = parse_label_text(text, label_file, nc)
+    labels, polygons, msgs = parse_label_text(text, label_file, nc, tuple(entry["shape"]))
     entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
                  dropped=len(msgs), segments=[p.reshape(-1).tolist() for p in polygons])
     return entry

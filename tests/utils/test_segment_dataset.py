@@ -12,8 +12,8 @@ import torch
 
 from utils.dataloaders import LoadImagesAndLabels, Placement, Sample, create_dataloader
 from utils.hyp import Hyp
-from utils.polygons import clip_polygon, polygon_area, polygons_to_overlap_mask, rasterise_polygon
-from utils.segment_dataset import MASKS, LoadImagesAndMasks
+from data.polygons import polygons_to_mask
+from utils.segment_dataset import MASKS, LoadImagesAndMasks, clip_polygon, downsampled_mask, overlap_mask
 
 OBJECT_BGR, BACKGROUND_BGR = (40, 220, 250), (90, 60, 30)  # both far from the letterbox grey 114
 
@@ -58,9 +58,11 @@ def _files(root: Path) -> list[Path]:
 
 
 def _painted_mask(img: torch.Tensor, ratio: int) -> np.ndarray:
-    """Pixels of the object colour in an output image (3, H, W) RGB, averaged to 1/ratio and thresholded."""
+    """Pixels nearer the object colour than the background's or the padding's in an output image (3, H, W) RGB,
+    averaged over ratio x ratio cells and thresholded at half, as the masks are."""
     im = img.permute(1, 2, 0).numpy()[..., ::-1].astype(int)  # BGR
-    painted = (np.abs(im - OBJECT_BGR).sum(-1) < 150).astype(np.float32)
+    distance = [np.abs(im - np.array(colour)).sum(-1) for colour in (OBJECT_BGR, BACKGROUND_BGR, (114,) * 3)]
+    painted = (distance[0] < np.minimum(distance[1], distance[2])).astype(np.float32)  # mostly object colour
     h, w = painted.shape
     return cv2.resize(painted, (w // ratio, h // ratio), interpolation=cv2.INTER_AREA) > 0.5
 
@@ -76,22 +78,39 @@ def test_polygon_rows_give_boxes_and_mixed_or_bad_rows_are_dropped_by_name(seg_d
     (labels / "im1.txt").write_text("2 0.2 0.2 0.8 0.3 0.5 0.85\n"
                                     "1 0.5 0.5 0.2 0.2\n"  # a box row among polygons
                                     "0 0.1 0.1 0.5 0.1 0.3\n"  # odd coordinate count
-                                    "0 0.1 0.1 0.5 0.5 0.9 0.9\n"  # collinear: no area
+                                    "0 0.5 0.1 0.5 0.5 0.5 0.9\n"  # a one-pixel-wide vertical scratch: kept
                                     "0 0.1 0.1 1.5 0.1 0.3 0.4\n"  # outside the image
                                     "2 0.2 0.2 0.8 0.3 0.5 0.85\n")  # duplicate
     (labels / "im2.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.3 0.1 0.2 0.3\n")  # a polygon among boxes
     with caplog.at_level(logging.INFO, logger="utils.dataloaders"):
         ds = LoadImagesAndLabels(_files(seg_dir), imgsz=128, nc=3)
-    assert "6 label rows dropped" in caplog.text
+    assert "5 label rows dropped" in caplog.text
     for line, why in ((2, "a box row in a polygon label file"), (3, "expected a polygon"),
-                      (4, "the polygon encloses no area"), (5, "coordinates outside [0, 1]"), (6, "duplicate row")):
+                      (5, "coordinates outside [0, 1]"), (6, "duplicate row")):
         assert f"{labels / 'im1.txt'}:{line}: {why}" in caplog.text
     assert f"{labels / 'im2.txt'}:2: a polygon row in a box label file" in caplog.text
-    np.testing.assert_allclose(ds.labels[1], [[2, 0.5, 0.525, 0.6, 0.65]], atol=1e-6)  # the polygon's extent
+    px = 1 / 128  # vertices are pixel centres: a region reaches half a pixel beyond them (image 1 is 128 px)
+    np.testing.assert_allclose(ds.labels[1], [[2, 0.5, 0.525, 0.6 + px, 0.65 + px], [0, 0.5, 0.5, px, 0.8 + px]],
+                               atol=1e-6)
     np.testing.assert_allclose(ds.segments[1][0], [[0.2, 0.2], [0.8, 0.3], [0.5, 0.85]], atol=1e-6)
     assert ds.segments[2] == [] and len(ds.labels[2]) == 1  # a box file keeps its box
     cached = LoadImagesAndLabels(_files(seg_dir), imgsz=128, nc=3)
     assert cached.from_cache and all(np.array_equal(a, b) for a, b in zip(cached.segments[0], ds.segments[0]))
+
+
+def test_synthetic_segment_labels_give_the_synthetic_detection_boxes(tmp_path):
+    """The generator writes each instance as a box (task detect) and as its outline (task segment); the scan
+    turns the outline back into the same box."""
+    from data.synthetic import generate_dataset
+
+    kwargs = dict(seed=0, size=96, n_train=4, n_val=1)
+    boxes = LoadImagesAndLabels(sorted((generate_dataset(tmp_path / "det", **kwargs) / "images" / "train").glob("*")))
+    polys = LoadImagesAndLabels(sorted((generate_dataset(tmp_path / "seg", task="segment", **kwargs) / "images" /
+                                        "train").glob("*")))
+    assert sum(len(lb) for lb in boxes.labels) > 4
+    assert all(len(seg) == len(lb) for seg, lb in zip(polys.segments, polys.labels))
+    for a, b in zip(boxes.labels, polys.labels):
+        np.testing.assert_allclose(b, a, atol=1e-5)
 
 
 def test_a_segmentation_dataset_refuses_box_labels_by_file(seg_dir):
@@ -102,19 +121,25 @@ def test_a_segmentation_dataset_refuses_box_labels_by_file(seg_dir):
 
 # ---------------------------------------------------------------- rasterising
 
-def test_rasteriser_takes_pixels_whose_centres_are_inside():
+def test_masks_are_the_projects_rasterisation_averaged_over_cells():
+    region = np.array([[0.5, 0.5], [5.5, 0.5], [5.5, 2.5], [0.5, 2.5]])  # pixels 0-5 x 0-2 (vertices: centres)
+    full = downsampled_mask(region, (8, 8), ratio=1)
+    np.testing.assert_array_equal(full, polygons_to_mask([region / 8], 8, 8))
+    assert full.sum() == 18 and full[:3, :6].all()
+    np.testing.assert_array_equal(downsampled_mask(region, (8, 8), ratio=2), [[1, 1, 1, 0], [1, 1, 1, 0],
+                                                                            [0, 0, 0, 0], [0, 0, 0, 0]])
+    scratch = np.array([[3.5, 0.5], [3.5, 7.5], [3.5, 4.0]])  # one pixel wide, no area
+    assert downsampled_mask(scratch, (8, 8)).sum() == 8  # kept at full size ...
+    assert downsampled_mask(scratch, (8, 8), ratio=2).sum() == 4  # ... in cells it half covers ...
+    assert downsampled_mask(scratch, (8, 8), ratio=4).sum() == 0  # ... and gone from cells it covers a quarter of
     square = np.array([[1.0, 1.0], [3.0, 1.0], [3.0, 5.0], [1.0, 5.0]])
-    mask = rasterise_polygon(square, (8, 8))
-    assert mask.sum() == 8 and mask[1:5, 1:3].all()
-    diamond = np.array([[4.0, 0.3], [7.7, 4.0], [4.0, 7.7], [0.3, 4.0]])  # no pixel centre on its edges
-    yy, xx = np.mgrid[0:8, 0:8] + 0.5
-    np.testing.assert_array_equal(rasterise_polygon(diamond, (8, 8)), np.abs(xx - 4) + np.abs(yy - 4) < 3.7)
-    assert polygon_area(clip_polygon(square * 2, (0, 0, 4, 5))) == 6.0  # [2, 4] x [2, 5] of [2, 6] x [2, 10]
+    assert (clip_polygon(square * 2, (0, 0, 4, 5)) == [[2, 5], [2, 2], [4, 2], [4, 5]]).all()
 
 
 def test_overlap_mask_paints_larger_objects_first():
-    big, small = np.array([[0, 0], [16, 0], [16, 16], [0, 16.0]]), np.array([[4, 4], [8, 4], [8, 8], [4, 8.0]])
-    mask, order = polygons_to_overlap_mask([small, big], (16, 16), ratio=2)
+    big = np.array([[0.5, 0.5], [15.5, 0.5], [15.5, 15.5], [0.5, 15.5]])
+    small = np.array([[4.5, 4.5], [7.5, 4.5], [7.5, 7.5], [4.5, 7.5]])
+    mask, order = overlap_mask([small, big], (16, 16), ratio=2)
     assert order.tolist() == [1, 0] and mask.dtype == np.int32
     assert (mask[2:4, 2:4] == 2).all() and (mask == 1).sum() == 64 - 4  # the small one stays on top
 
@@ -138,8 +163,9 @@ def test_polygons_keep_only_the_visible_part_of_their_tile(seg_dir):
     left_half = Placement(1, np.diag([128.0, 128.0, 1.0]), (0, 0, 64, 128))  # image 1 (128 x 128), cut at x = 64
     labels, polygons = ds.placed_polygons(Sample(np.zeros((128, 128, 3), np.uint8), np.zeros((0, 5)), [left_half]),
                                           (128, 128))
-    np.testing.assert_allclose(labels, [[2, 0.2 * 128, 0.2 * 128, 64, 0.85 * 128]], atol=1e-6)
-    assert polygons[0][:, 0].max() == 64
+    y_cut = 108.8 + (63.5 - 64) / (25.6 - 64) * (25.6 - 108.8)  # the edge (64, 108.8)-(25.6, 25.6) at x = 63.5
+    np.testing.assert_allclose(labels, [[2, 25.6 - 0.5, 25.6 - 0.5, 64, y_cut + 0.5]], atol=1e-4)
+    assert polygons[0][:, 0].max() == 63.5  # cut through the centres of the last visible pixels
 
 
 class RecordingMasks(LoadImagesAndMasks):
