@@ -101,7 +101,7 @@ def overlap_mask(polygons: list[np.ndarray], hw: tuple[int, int],
     background. Labels must be reordered by `order` to match.
     """
     masks = instance_masks(polygons, hw, ratio)
-    order = np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable")
+    order = np.argsort(-masks.sum((1, 2)), kind="stable")
     overlap = np.zeros(masks.shape[1:], np.int32)
     for k, i in enumerate(order):
         overlap[masks[i] > 0] = k + 1

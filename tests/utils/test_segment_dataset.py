@@ -111,6 +111,10 @@ def test_synthetic_segment_labels_give_the_synthetic_detection_boxes(tmp_path):
     assert all(len(seg) == len(lb) for seg, lb in zip(polys.segments, polys.labels))
     for a, b in zip(boxes.labels, polys.labels):
         np.testing.assert_allclose(b, a, atol=1e-5)
+    masks = LoadImagesAndMasks(polys.im_files, imgsz=96, augment=True, hyp=WARPED)  # thin scratches, crops
+    for i in range(len(masks)):
+        _, targets, _, _, extras = masks[i]
+        assert extras[MASKS].shape == (1, 24, 24) and extras[MASKS].max() <= len(targets)
 
 
 def test_a_segmentation_dataset_refuses_box_labels_by_file(seg_dir):
@@ -142,6 +146,8 @@ def test_overlap_mask_paints_larger_objects_first():
     mask, order = overlap_mask([small, big], (16, 16), ratio=2)
     assert order.tolist() == [1, 0] and mask.dtype == np.int32
     assert (mask[2:4, 2:4] == 2).all() and (mask == 1).sum() == 64 - 4  # the small one stays on top
+    empty, order = overlap_mask([], (16, 16), ratio=4)  # a background image, or every object cropped away
+    assert empty.shape == (4, 4) and not empty.any() and len(order) == 0
 
 
 # ---------------------------------------------------------------- geometry
