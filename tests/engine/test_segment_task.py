@@ -45,8 +45,8 @@ def write_segment_dataset(root: Path, n_train: int = 16, n_val: int = 8, size: i
         for i in range(n):
             im = rng.integers(20, 60, (size, size, 3), dtype=np.uint8)
             cls, polygon = _object(rng, size)
-            cv2.fillPoly(im, [((polygon - 0.5) * 16).round().astype(np.int32)], (60, 200, 230) if cls else (230, 120, 60),
-                         shift=4)
+            colour = (60, 200, 230) if cls else (230, 120, 60)
+            cv2.fillPoly(im, [((polygon - 0.5) * 16).round().astype(np.int32)], colour, shift=4)  # pixel centres
             cv2.imwrite(str(root / "images" / split / f"{i}.png"), im)
             xy = " ".join(f"{v:.5f}" for v in (polygon / size).clip(0, 1).reshape(-1))
             (root / "labels" / split / f"{i}.txt").write_text(f"{cls} {xy}\n")
