@@ -92,8 +92,7 @@ def instance_masks(polygons: list[np.ndarray], hw: tuple[int, int], ratio: int =
     return np.stack(masks) if masks else np.zeros((0, hw[0] // ratio, hw[1] // ratio), np.uint8)
 
 
-def overlap_mask(polygons: list[np.ndarray], hw: tuple[int, int],
-                             ratio: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def overlap_mask(polygons: list[np.ndarray], hw: tuple[int, int], ratio: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """YOLOv5's overlap masks: one (h // ratio, w // ratio) int32 map of instance numbers, and their order.
 
     Instances are sorted by mask area, largest first (stable), and painted in that order, so a smaller
