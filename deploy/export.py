@@ -50,6 +50,8 @@ def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
         # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
         raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
     model = load_model(weights, device, fuse=True)
+    if model.detect.nm:
+        raise ValueError(f"{weights}: a segmentation model (Segment head); exporting its two outputs is not built yet")
     model.detect.export = True
     return model.half() if half else model
 

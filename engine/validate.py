@@ -50,8 +50,11 @@ class ValidationRun:
 
 
 def load_eval_model(weights: Path, device: torch.device, half: bool = False) -> torch.nn.Module:
-    """A checkpoint (fused) or an export, ready for inference on `device`."""
+    """A detector checkpoint (fused) or export, ready for inference on `device`."""
     model = load_backend(weights, device, fuse=True)
+    if getattr(getattr(model, "detect", None), "nm", 0):
+        raise ValueError(f"{weights}: a segmentation model (Segment head); val.py and detect.py take detectors, "
+                         "and segment/val.py and segment/predict.py are not built yet")
     if half and device.type == "cuda":
         model.half()
     return model

@@ -365,3 +365,19 @@ def test_pipeline_stage1_mistakes_are_one_line_before_anything_trains(item, name
     with pytest.raises(SystemExit) as e:
         options_from_flags(vars(ap.parse_args(["--stage1", item, "--quiet"])))
     one_line_error(e, named)
+
+
+@pytest.mark.parametrize("script", ["val", "detect", "export"])
+def test_a_segmentation_checkpoint_in_a_detection_script_is_one_line(script, data, tmp_path):
+    """Seg models train today (segment/train.py); the detection scripts refuse them instead of tracing back."""
+    model = Model("yolov5n-seg.yaml", nc=6)
+    model.names = [f"defect{i}" for i in range(6)]
+    seg = tmp_path / "seg.pt"
+    save_model(seg, model)
+    argv = {"val": ["--data", str(data), "--weights", str(seg), "--imgsz", "64", "--project", str(tmp_path)],
+            "detect": ["--weights", str(seg), "--source", str(data.parent / "images" / "val"), "--imgsz", "64",
+                       "--project", str(tmp_path)],
+            "export": ["--weights", str(seg), "--imgsz", "64", "--include", "onnx"]}[script]
+    with pytest.raises(SystemExit) as e:
+        {"val": val.main, "detect": detect.main, "export": export.main}[script](argv + ["--quiet"] * (script != "export"))
+    one_line_error(e, str(seg), "segmentation model")
