@@ -73,13 +73,13 @@ def run(opt: argparse.Namespace) -> ValResult:
     if opt.augment:
         raise SystemExit("error: --augment (test-time augmentation) is not supported")
     check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
-    load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
+    data = load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
     job = ValidationRun(opt.weights, opt.data, "val" if opt.task == "speed" else opt.task, opt.imgsz,
                          opt.batch_size, opt.scale, opt.device, opt.workers)
     model = load_eval_model(opt.weights, select_device(opt.device), opt.half)
     inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
     job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    result = validate(job, val_options(opt), inputs, model)
+    result = validate(job, val_options(opt), inputs, model, data)
     LOGGER.info("Results saved to %s", job.save_dir)
     return result
 

@@ -156,10 +156,10 @@ def side_inputs_for(model_yaml: dict | None, args: argparse.Namespace, source: s
     return plugin.side_inputs(args, model_yaml, source)
 
 
-def check_no_plugin_flags(args: argparse.Namespace, source: str, but: Plugin | None = None) -> None:
+def check_no_plugin_flags(args: argparse.Namespace, source: str) -> None:
     """A model that reads no side inputs must not be given a plug-in's flags (they would be ignored)."""
     for plugin in registered_plugins():
-        given = plugin.flags_given(args) if plugin is not but else []
+        given = plugin.flags_given(args)
         if given:
             raise ValueError(f"{source}: the model has no side inputs for {plugin.name}; drop {' '.join(given)}")
 

@@ -14,14 +14,12 @@ from typing import Any
 import torch
 
 from engine.plugins import InputRules, check_no_plugin_flags, registered_plugins
-
 from utils.dataloaders import LoadImagesAndLabels
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
 from utils.segment_dataset import MASKS, LoadImagesAndMasks
 from utils.segment_loss import ComputeSegmentLoss
 from utils.torch_utils import de_parallel
-
 
 TASKS: dict[str, type["DetectionTask"]] = {}
 

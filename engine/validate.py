@@ -88,11 +88,12 @@ def check_fits(model: torch.nn.Module, run: ValidationRun, data: DataConfig, sin
 
 
 def validate(run: ValidationRun, options: ValOptions | None = None, inputs: SideInputs | None = None,
-             model: torch.nn.Module | None = None) -> ValResult:
-    """Score `run.weights` (or an already loaded `model` of it) on `run.split` of `run.data`."""
+             model: torch.nn.Module | None = None, data: DataConfig | None = None) -> ValResult:
+    """Score `run.weights` (or an already loaded `model` of it) on `run.split` of `run.data` (or its
+    already loaded `data`)."""
     options = options or ValOptions()
     check_img_size(run.imgsz, 1)  # a size below 1 px fails before anything is loaded
-    data = load_data_config(run.data)
+    data = data if data is not None else load_data_config(run.data)
     if inputs is not None:
         apply_input_rules(run, inputs.rules, inputs.describe())
     device = select_device(run.device)
@@ -121,4 +122,4 @@ def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, ba
     size = fixed[0] if fixed is not None else int(imgsz or max(meta.imgsz))
     job = ValidationRun(Path(weights), data.yaml_path, split, size, batch_size, device="cpu", workers=workers)
     with quieter("engine.validator"):
-        return validate(job, ValOptions(plots=False), model=model)
+        return validate(job, ValOptions(plots=False), model=model, data=data)

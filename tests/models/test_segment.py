@@ -14,6 +14,7 @@ from models.common import Proto
 from models.loading import load_model, save_model
 from models.registry import BLOCKS, BuildContext
 from models.yolo import Model, Segment
+from tests.models.batchnorm import randomise_batchnorm
 from utils.autoanchor import check_anchors
 
 
@@ -69,19 +70,9 @@ def test_decoded_boxes_match_detect_and_coefficients_stay_raw(tiny_seg_cfg):
     assert (decoded[..., 5 + nc:] < 0).any()  # not squashed by a sigmoid
 
 
-def _randomise_batchnorm(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 def test_fused_model_gives_same_boxes_and_prototypes(tiny_seg_cfg):
     model = Model(tiny_seg_cfg).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         (decoded, _), protos = model(x)
@@ -94,7 +85,7 @@ def test_fused_model_gives_same_boxes_and_prototypes(tiny_seg_cfg):
 
 def test_checkpoint_round_trip_rebuilds_the_segmenter(tmp_path, tiny_seg_cfg):
     model = Model(tiny_seg_cfg).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     model.names = ["a", "b", "c"]
     save_model(tmp_path / "seg.pt", model)
     loaded = load_model(tmp_path / "seg.pt")

@@ -9,6 +9,7 @@ import torch
 
 from models.yolo import Model, ModelConfigError
 from models.registry import BLOCKS
+from tests.models.batchnorm import randomise_batchnorm
 
 
 @pytest.mark.parametrize("name,params", [
@@ -32,19 +33,9 @@ def test_eval_output_shape_and_strides():
     assert model.stride.tolist() == [8.0, 16.0, 32.0]
 
 
-def _randomise_batchnorm(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 def test_fused_model_gives_same_outputs(tiny_cfg):
     model = Model(tiny_cfg).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     x = torch.rand(2, 3, 128, 160)
     with torch.no_grad():
         expected = model(x)[0]
