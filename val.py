@@ -28,11 +28,18 @@ ROOT = Path(__file__).resolve().parent
 SPEED_CONF, SPEED_IOU = 0.25, 0.45  # --task speed: the thresholds of deployment, as YOLOv5
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULTS = {"detect": ("yolov5s.pt", "val"), "segment": ("yolov5s-seg.pt", "val-seg")}  # weights, runs/<dir>
+
+
+def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | None = None,
+              description: str = __doc__) -> argparse.Namespace:
+    """val.py's flags; segment/val.py takes the same ones (kind "segment" changes the defaults)."""
+    weights, runs = DEFAULTS[kind]
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml", help="data YAML")
-    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
-                   help="detector checkpoint (.pt) or export (.onnx, .torchscript)")
+    p.add_argument("--weights", type=Path, default=ROOT / weights,
+                   help="checkpoint (.pt) or export (.onnx, .torchscript)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -48,8 +55,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="report mAP per class")
     p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
     p.add_argument("--save-conf", action="store_true", help="add confidences to --save-txt labels")
-    p.add_argument("--save-json", action="store_true", help="save predictions.json (COCO results format)")
-    p.add_argument("--project", type=Path, default=ROOT / "runs" / "val", help="save to project/name")
+    p.add_argument("--save-json", action="store_true",
+                   help="save predictions.json (COCO results format; masks as RLE for segmenters)")
+    p.add_argument("--project", type=Path, default=ROOT / "runs" / runs, help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
@@ -68,15 +76,15 @@ def val_options(opt: argparse.Namespace) -> ValOptions:
                       verbose=opt.verbose, half=opt.half, speed_only=speed)
 
 
-def run(opt: argparse.Namespace) -> ValResult:
+def run(opt: argparse.Namespace, kind: str = "detect") -> ValResult:
     """Check the cheap inputs first, load the model and its side inputs, evaluate; outputs in project/name<N>."""
     if opt.augment:
         raise SystemExit("error: --augment (test-time augmentation) is not supported")
     check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
     data = load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
     job = ValidationRun(opt.weights, opt.data, "val" if opt.task == "speed" else opt.task, opt.imgsz,
-                         opt.batch_size, opt.scale, opt.device, opt.workers)
-    model = load_eval_model(opt.weights, select_device(opt.device), opt.half)
+                         opt.batch_size, opt.scale, opt.device, opt.workers, kind=kind)
+    model = load_eval_model(opt.weights, select_device(opt.device), opt.half, kind)
     inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
     job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     result = validate(job, val_options(opt), inputs, model, data)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from engine.plugins import InputRules, check_no_plugin_flags, registered_plugins
+from engine.segment_validator import SegmentValidator
+from engine.validator import Validator
 from utils.dataloaders import LoadImagesAndLabels
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
@@ -37,6 +39,7 @@ class DetectionTask:
     kind: str = "detect"
     loss_names: tuple[str, ...] = ("box_loss", "obj_loss", "cls_loss")
     dataset_cls: type = LoadImagesAndLabels
+    validator_cls: type[Validator] = Validator  # per-epoch validation; its result_type names the results.csv columns
     rules: InputRules = InputRules()  # what the task's inputs demand (e.g. --scale)
 
     def state(self) -> dict[str, Any]:
@@ -75,7 +78,7 @@ class DetectionTask:
         return self.compute_loss(preds, targets)
 
     def validation_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What the detection validator runs: a module whose eval output is (decoded (B, N, 5 + nc), raw maps)."""
+        """What `validator_cls` runs (a plug-in may wrap the model, e.g. to feed it side inputs)."""
         return model
 
     def epoch_log(self, model: torch.nn.Module) -> dict[str, float]:
@@ -94,23 +97,6 @@ def _yaml_name(model: torch.nn.Module) -> str:
     return de_parallel(model).yaml.get("yaml_file", "the model")
 
 
-class BoxOutputs(torch.nn.Module):
-    """A segmenter seen as a detector: eval output (decoded boxes (B, N, 5 + nc), raw maps), protos dropped.
-
-    The per-epoch validation scores a segmenter's boxes with the detection validator through this view;
-    the masks in a batch's extras are targets, not side inputs, so they never reach the model.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, imgs: torch.Tensor, side: dict[str, torch.Tensor] | None = None):
-        side = {k: v for k, v in (side or {}).items() if k != MASKS}
-        (decoded, raw), _ = self.model(imgs, side) if side else self.model(imgs)
-        return decoded[..., :5 + de_parallel(self.model).detect.nc], raw
-
-
 @register_task
 class SegmentationTask(DetectionTask):
     """YOLOv5-seg training: the detection loss plus the mask loss, on polygon labels rasterised to masks.
@@ -122,6 +108,7 @@ class SegmentationTask(DetectionTask):
     kind = "segment"
     loss_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
     dataset_cls = LoadImagesAndMasks
+    validator_cls = SegmentValidator
 
     def __init__(self, mask_ratio: int = 4, overlap: bool = True):
         if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, int) or mask_ratio < 1:
@@ -153,8 +140,6 @@ class SegmentationTask(DetectionTask):
              extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.segment_loss(preds, targets, extras[MASKS])
 
-    def validation_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return BoxOutputs(model)
 
 
 def task_from_state(kind: str, state: dict[str, Any], args: argparse.Namespace | None = None,

@@ -40,9 +40,6 @@ from utils.torch_utils import (ModelEMA, barrier, channels_last, de_parallel, di
 
 LOGGER = logging.getLogger(__name__)
 TRANSFER_WARN_SHARE = 0.9  # --weights filling less of the model than this is warned about: another architecture
-RESULT_COLUMNS = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-                  "val/box_loss", "val/obj_loss", "val/cls_loss"]
-
 
 @dataclass
 class TrainOptions:
@@ -338,16 +335,18 @@ class Trainer:
     # --- validation, logging, checkpoints ------------------------------------------------
     def validate(self, final: bool, model: nn.Module | None = None):
         options = ValOptions(plots=final and not self.opt.noplots, verbose=final)
-        model = self.task.validation_model(model or self.ema.ema)  # e.g. a segmenter scored on its boxes
+        model = self.task.validation_model(model or self.ema.ema)
         return run_validation(model, self.val_loader, self.model_names, self.save_dir if final else None, options,
-                              compute_loss=self.task.compute_loss, device=self.device)
+                              compute_loss=self.task.compute_loss, device=self.device,
+                              validator_cls=self.task.validator_cls)
 
     def results_row(self, epoch: int, items: np.ndarray, result) -> dict:
         """One results.csv row: epoch, train losses, validation metrics and losses, learning rates, task columns."""
         row = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.task.loss_names, items)})
-        values = result.results_row() if result is not None else (0.0,) * len(RESULT_COLUMNS)
-        row.update(dict(zip(RESULT_COLUMNS, map(float, values))))
+        columns = self.task.validator_cls.result_type.columns
+        values = result.results_row() if result is not None else (0.0,) * len(columns)
+        row.update(dict(zip(columns, map(float, values))))
         row.update({f"x/lr{j}": lr for j, lr in enumerate(self.lr)})
         row.update(self.task.epoch_log(de_parallel(self.model)))
         return row

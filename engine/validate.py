@@ -22,11 +22,14 @@ from utils.checkpoints import CheckpointError
 from utils.image_size import check_img_size
 from utils.logging import quieter
 from utils.torch_utils import select_device
-from engine.validator import ValOptions, ValResult, run_validation
+from engine.segment_validator import SegmentValidator
+from engine.validator import ValOptions, ValResult, Validator, run_validation
+from utils.segment_dataset import LoadImagesAndMasks
 
 LOGGER = logging.getLogger(__name__)
 RECT_PAD = 0.5  # rect batches get half a stride of border, as YOLOv5's val
 SPLITS = ("train", "val", "test")
+KINDS = {"detect": ("val.py", "detect.py"), "segment": ("segment/val.py", "segment/predict.py")}
 
 
 @dataclass
@@ -42,19 +45,25 @@ class ValidationRun:
     device: str = ""
     workers: int = 8
     save_dir: Path | None = None  # plots, labels/, predictions.json; None writes nothing
+    kind: str = "detect"  # or "segment": a YOLOv5-seg model scored on boxes and masks (segment/val.py)
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r}: expected one of {', '.join(KINDS)}")
         self.weights, self.data = Path(self.weights), Path(self.data)
 
 
-def load_eval_model(weights: Path, device: torch.device, half: bool = False) -> torch.nn.Module:
-    """A detector checkpoint (fused) or export, ready for inference on `device`."""
+def load_eval_model(weights: Path, device: torch.device, half: bool = False, kind: str = "detect") -> torch.nn.Module:
+    """A checkpoint (fused) or export of a detector (`kind` "detect") or segmenter ("segment"), ready for
+    inference on `device`; the other kind is refused with the scripts that take it."""
     model = load_backend(weights, device, fuse=True)
-    if getattr(getattr(model, "detect", None), "nm", 0):
-        raise ValueError(f"{weights}: a segmentation model (Segment head); val.py and detect.py take detectors, "
-                         "and segment/val.py and segment/predict.py are not built yet")
+    segmenter = bool(getattr(getattr(model, "detect", None), "nm", 0))
+    if segmenter != (kind == "segment"):
+        what = "a segmentation model (Segment head)" if segmenter else "a detector (no Segment head)"
+        scripts = KINDS["segment" if segmenter else "detect"]
+        raise ValueError(f"{weights}: {what}; score and run it with {scripts[0]} and {scripts[1]}")
     if half and device.type == "cuda":
         model.half()
     return model
@@ -97,14 +106,19 @@ def validate(run: ValidationRun, options: ValOptions | None = None, inputs: Side
     if inputs is not None:
         apply_input_rules(run, inputs.rules, inputs.describe())
     device = select_device(run.device)
-    model = model if model is not None else load_eval_model(run.weights, device, options.half)
+    model = model if model is not None else load_eval_model(run.weights, device, options.half, run.kind)
     check_fits(model, run, data, options.single_cls, inputs)
     dataset = inputs.dataset(model, str(run.weights)) if inputs is not None else None
+    validator_cls = Validator
+    if run.kind == "segment":
+        if dataset is not None:
+            raise ValueError(f"{run.weights}: a segmenter with side inputs; segment/val.py scores plain segmenters")
+        dataset, validator_cls = (LoadImagesAndMasks, {}), SegmentValidator
     stride = max(int(model.stride.max()), 32)
     run.imgsz = check_img_size(run.imgsz, stride)
     loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)
     names = ["item"] if options.single_cls else data.names
-    return run_validation(model, loader, names, run.save_dir, options, device=device)
+    return run_validation(model, loader, names, run.save_dir, options, device=device, validator_cls=validator_cls)
 
 
 def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, batch_size: int = 32,

@@ -12,7 +12,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -62,13 +62,26 @@ class ValResult:
     class_rows: list[tuple] = field(default_factory=list)  # (name, images, instances, P, R, mAP50, mAP50-95)
     seen: int = 0  # images evaluated
 
+    columns: ClassVar[tuple[str, ...]] = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5",
+                                          "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss")
+
     def fitness(self) -> float:
         """Model selection score: 0.1 mAP50 + 0.9 mAP50-95, as YOLOv5."""
         return 0.1 * self.map50 + 0.9 * self.map
 
     def results_row(self) -> tuple[float, ...]:
-        """(P, R, mAP50, mAP50-95, box, obj, cls): the validation columns of results.csv."""
+        """(P, R, mAP50, mAP50-95, box, obj, cls): the validation columns of results.csv, named by `columns`."""
         return (self.mp, self.mr, self.map50, self.map, *map(float, self.loss))
+
+    def table(self, per_class: bool) -> list[str]:
+        """The lines YOLOv5 users read: a header, the "all" row, then one row per class."""
+        instances = sum(r[2] for r in self.class_rows)
+        lines = [("%22s" + "%11s" * 6) % TABLE_HEADER,
+                 ("%22s" + "%11i" * 2 + "%11.3g" * 4) % ("all", self.seen, instances, self.mp, self.mr,
+                                                        self.map50, self.map)]
+        if per_class:
+            lines += [("%22s" + "%11i" * 2 + "%11.3g" * 4) % row for row in self.class_rows]
+        return lines
 
 
 def coco_image_id(path: str | Path) -> int | str:
@@ -112,10 +125,15 @@ class _Timer:
 
 
 class Validator:
-    """Accumulates one pass over a val loader; `run_validation` is the function to call."""
+    """Accumulates one pass over a val loader; `run_validation` is the function to call.
+
+    `dataset` is the loader's dataset; a subclass that scores more than boxes reads its labels from it.
+    """
+
+    result_type: ClassVar[type[ValResult]] = ValResult
 
     def __init__(self, model: torch.nn.Module, names: list[str], save_dir: Path | None, options: ValOptions,
-                 compute_loss: LossFn | None, device: torch.device):
+                 compute_loss: LossFn | None, device: torch.device, dataset=None):
         self.model, self.options, self.compute_loss, self.device = model, options, compute_loss, device
         self.names = ["item"] if options.single_cls else [str(n) for n in names]
         self.nc = len(self.names)
@@ -127,6 +145,9 @@ class Validator:
         self.jdict: list[dict] = []  # COCO results
         self.loss = torch.zeros(3, device=device)
         self.timer, self.seen, self.batches, self.shape = _Timer(), 0, 0, None
+
+    def progress_header(self) -> str:
+        return ("%22s" + "%11s" * 6) % TABLE_HEADER
 
     def preprocess(self, imgs: torch.Tensor, targets: torch.Tensor, extras: dict) -> tuple:
         """uint8 (B, 3, H, W) -> float 0-1 on the device (fp16 on CUDA under --half)."""
@@ -145,8 +166,18 @@ class Validator:
             ctx = nullcontext()
         with ctx:
             out = self.model(imgs, extras) if extras else self.model(imgs)
+        return self.split_output(out)
+
+    def split_output(self, out) -> tuple[torch.Tensor, list | None]:
+        """(decoded, raw maps or None) of the model's eval output (an export gives decoded only)."""
         decoded, raw = out if isinstance(out, (tuple, list)) else (out, None)
         return decoded.float(), raw
+
+    def nms(self, decoded: torch.Tensor) -> list[torch.Tensor]:
+        """Per image (n, 6) [x1, y1, x2, y2, conf, cls] in input pixels."""
+        o = self.options
+        return non_max_suppression(decoded, o.conf_thres, o.iou_thres, agnostic=o.single_cls, multi_label=True,
+                                   max_det=o.max_det)
 
     def step(self, batch_i: int, batch: tuple) -> None:
         """One batch: forward, optional loss, NMS, per-image matching, outputs, mosaics."""
@@ -158,22 +189,21 @@ class Validator:
         t2 = time_sync()
         if self.compute_loss is not None and raw is not None:
             self.loss += self.compute_loss([r.float() for r in raw], targets)[1].to(self.device)
-        o = self.options
-        preds = non_max_suppression(decoded, o.conf_thres, o.iou_thres, agnostic=o.single_cls,
-                                    multi_label=True, max_det=o.max_det)  # per image (n, 6) input pixels
+        preds = self.nms(decoded)
         t3 = time_sync()
         self.timer.stages += (t1 - t0, t2 - t1, t3 - t2)
         self.batches += 1
         self.shape = self.shape or tuple(imgs.shape)
         for si, pred in enumerate(preds):
-            self.process_image(pred, targets[targets[:, 0] == si, 1:], imgs.shape[2:], Path(paths[si]), shapes[si])
+            self.process_image(pred, targets[targets[:, 0] == si, 1:], imgs.shape[2:], Path(paths[si]), shapes[si],
+                               si)
         if self.plots and batch_i < PLOTTED_BATCHES:
             self.plot_batch(batch_i, imgs, targets, paths, preds)
 
     def process_image(self, pred: torch.Tensor, labels: torch.Tensor, input_hw: torch.Size, path: Path,
-                      shape: tuple) -> None:
-        """Match one image's detections (n, 6) to its labels (m, 5) [cls, x, y, w, h] (normalised
-        to the input) in the pixels of the original image."""
+                      shape: tuple, si: int = 0) -> None:
+        """Match one image's detections (n, 6+) to its labels (m, 5) [cls, x, y, w, h] (normalised
+        to the input) in the pixels of the original image; `si` is the image's place in the batch."""
         self.seen += 1
         (h0, w0), ratio_pad = shape[0], shape[1]
         if self.options.single_cls:
@@ -183,15 +213,20 @@ class Validator:
         h, w = int(input_hw[0]), int(input_hw[1])
         boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([w, h, w, h], device=labels.device)
         labelsn = torch.cat((labels[:, :1], scale_boxes((h, w), boxes, (h0, w0), ratio_pad)), 1)  # (m, 5)
-        predn = pred.clone()
+        predn = pred[:, :6].clone()
         scale_boxes((h, w), predn[:, :4], (h0, w0), ratio_pad)  # (n, 6) original pixels
         correct = match_predictions(predn, labelsn, self.iouv, strategy="conf")  # (n, 10), COCO's rule
         self.confusion.process_batch(predn, labelsn)
         self.stats.append((correct.cpu(), pred[:, 4].cpu(), pred[:, 5].cpu(), labels[:, 0].cpu()))
+        self.process_extra(pred, predn, (h, w), path, shape, si)
         if self.options.save_txt and self.save_dir is not None and len(predn):
             self.save_txt(predn, (h0, w0), self.save_dir / "labels" / f"{path.stem}.txt")
         if self.options.save_json:
             self.add_json(predn, path)
+
+    def process_extra(self, pred: torch.Tensor, predn: torch.Tensor, input_hw: tuple[int, int], path: Path,
+                      shape: tuple, si: int) -> None:
+        """What a subclass scores beyond boxes, before the image's outputs are written (nothing here)."""
 
     def save_txt(self, predn: torch.Tensor, shape: tuple[int, int], file: Path) -> None:
         """YOLO-format rows `cls x y w h [conf]`, normalised to the original image."""
@@ -226,15 +261,15 @@ class Validator:
         except (OSError, ValueError) as e:
             LOGGER.warning("WARNING: val_batch%d mosaics not written: %s", batch_i, e)
 
-    def gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def gathered(self, stats: list[tuple[torch.Tensor, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All images' (correct (n, 10), conf (n,), pred_cls (n,), target_cls (m,))."""
-        if not self.stats:
+        if not stats:
             return np.zeros((0, len(self.iouv)), bool), np.zeros(0), np.zeros(0), np.zeros(0)
-        return tuple(torch.cat(column, 0).numpy() for column in zip(*self.stats))
+        return tuple(torch.cat(column, 0).numpy() for column in zip(*stats))
 
     def finish(self) -> ValResult:
         """mAP and the per-class table from everything accumulated; curves and the confusion matrix."""
-        correct, conf, pred_cls, target_cls = self.gathered()
+        correct, conf, pred_cls, target_cls = self.gathered(self.stats)
         plot = self.plots and len(target_cls) > 0
         ap = ap_per_class(correct, conf, pred_cls, target_cls, plot=plot, save_dir=self.save_dir, names=self.names)
         maps = np.full(self.nc, ap.map)
@@ -272,23 +307,12 @@ class Validator:
         return path
 
 
-def format_table(result: ValResult, per_class: bool) -> list[str]:
-    """The lines YOLOv5 users read: a header, the "all" row, then one row per class."""
-    instances = sum(r[2] for r in result.class_rows)
-    lines = [("%22s" + "%11s" * 6) % TABLE_HEADER,
-             ("%22s" + "%11i" * 2 + "%11.3g" * 4) % ("all", result.seen, instances, result.mp, result.mr,
-                                                    result.map50, result.map)]
-    if per_class:
-        lines += [("%22s" + "%11i" * 2 + "%11.3g" * 4) % row for row in result.class_rows]
-    return lines
-
-
 def log_result(result: ValResult, nc: int, options: ValOptions, shape: tuple | None) -> None:
     """The metrics table (unless speed_only) and the speed line."""
     if not options.speed_only:
         if not result.class_rows:
             LOGGER.warning("WARNING: no labels found in the val set, cannot compute metrics without labels")
-        for line in format_table(result, options.verbose or nc < PER_CLASS_ROWS_BELOW):
+        for line in result.table(options.verbose or nc < PER_CLASS_ROWS_BELOW):
             LOGGER.info(line)
     shape_text = str(shape) if shape is not None else "(no batches)"
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s", *result.speed,
@@ -297,17 +321,19 @@ def log_result(result: ValResult, nc: int, options: ValOptions, shape: tuple | N
 
 def run_validation(model: torch.nn.Module, dataloader: Iterable, names: list[str], save_dir: Path | None,
                    options: ValOptions, compute_loss: LossFn | None = None,
-                   device: torch.device | None = None) -> ValResult:
+                   device: torch.device | None = None, validator_cls: type[Validator] = Validator) -> ValResult:
     """Evaluate `model` on every batch of `dataloader`; leaves the model in eval mode.
 
     Batches are (imgs uint8 (B, 3, H, W), targets (n, 6) [img_idx, cls, x, y, w, h] normalised,
     paths, shapes, extras); extras (side inputs of D3N teachers) are passed to the model when
     non-empty. Outputs (plots, labels/, predictions.json) go to save_dir when it is given.
+    `validator_cls` scores more than boxes (engine.segment_validator.SegmentValidator: masks too).
     """
     device = device or next(model.parameters()).device
     model.eval()
-    validator = Validator(model, names, save_dir, options, compute_loss, device)
-    desc = ("%22s" + "%11s" * 6) % TABLE_HEADER
+    validator = validator_cls(model, names, save_dir, options, compute_loss, device,
+                              dataset=getattr(dataloader, "dataset", None))
+    desc = validator.progress_header()
     quiet = not LOGGER.isEnabledFor(logging.INFO)
     with torch.inference_mode():
         for batch_i, batch in enumerate(tqdm(dataloader, desc=desc, disable=quiet, leave=False)):

@@ -14,6 +14,14 @@ torch.set_num_threads(2)
 TINY = {"depth_multiple": 0.33, "width_multiple": 0.25}
 
 
+@pytest.fixture(scope="session")
+def trained_segmenter(tmp_path_factory):
+    """(Trainer, data YAML) of a tiny segmenter trained from scratch once per session (tests.segment_fixtures)."""
+    from tests.segment_fixtures import train_tiny_segmenter
+
+    return train_tiny_segmenter(tmp_path_factory.mktemp("trained-seg"))
+
+
 @pytest.fixture
 def tiny_cfg() -> dict:
     """yolov5n-sized YAML dict for 3 classes."""

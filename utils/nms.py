@@ -66,27 +66,32 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, use_torchvi
 def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
                         classes: list[int] | None = None, agnostic: bool = False, multi_label: bool = False,
                         max_det: int = 300, max_nms: int = 30000, max_wh: int = 7680,
-                        use_torchvision: bool | None = None) -> list[torch.Tensor]:
-    """Decoded predictions (B, N, 5+nc) [xywh, obj, cls...] -> per image (n, 6) [x1, y1, x2, y2, conf, cls].
+                        use_torchvision: bool | None = None, nm: int = 0) -> list[torch.Tensor]:
+    """Decoded predictions (B, N, 5+nc+nm) [xywh, obj, cls..., coefficients...] -> per image (n, 6+nm)
+    [x1, y1, x2, y2, conf, cls, coefficients...].
 
     Class-aware unless `agnostic`: boxes are offset by class * max_wh so classes never suppress
-    each other. Scores are obj * cls probability.
+    each other. Scores are obj * cls probability. `nm` trailing columns (a segmenter's mask
+    coefficients) are not class scores: they ride along with their box.
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise ValueError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must lie in [0, 1]")
-    output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]
+    if nm < 0 or prediction.shape[-1] - nm < 6:
+        raise ValueError(f"non_max_suppression: rows of {prediction.shape[-1]} columns cannot hold 5 + nc + {nm}")
+    output = [torch.zeros((0, 6 + nm), device=prediction.device)] * prediction.shape[0]
+    cls_end = prediction.shape[-1] - nm
     for b, x in enumerate(prediction):
         x = x[x[:, 4] > conf_thres]
         if not x.shape[0]:
             continue
-        scores = x[:, 5:] * x[:, 4:5]
-        box = xywh2xyxy(x[:, :4])
+        scores = x[:, 5:cls_end] * x[:, 4:5]
+        box, coefficients = xywh2xyxy(x[:, :4]), x[:, cls_end:]
         if multi_label:
             i, j = (scores > conf_thres).nonzero(as_tuple=False).T
-            det = torch.cat((box[i], scores[i, j, None], j[:, None].float()), 1)
+            det = torch.cat((box[i], scores[i, j, None], j[:, None].float(), coefficients[i]), 1)
         else:
             conf, j = scores.max(1, keepdim=True)
-            det = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+            det = torch.cat((box, conf, j.float(), coefficients), 1)[conf.view(-1) > conf_thres]
         if classes is not None:
             det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
         if not det.shape[0]:

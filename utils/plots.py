@@ -33,9 +33,6 @@ PALETTE = ("1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2",
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MOSAIC_MAX_SIDE = 1920  # px; a batch mosaic is scaled down to fit
 PRED_CONF_SHOWN = 0.25  # predictions drawn in a mosaic must beat this confidence
-RESULT_PANELS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
-                 "metrics/recall", "val/box_loss", "val/obj_loss", "val/cls_loss",
-                 "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
 
 
 def colors(i: int, bgr: bool = False) -> tuple[int, int, int]:
@@ -214,17 +211,21 @@ def plot_images(images, targets, paths: list[str] | None = None, fname: Path | s
     return _write_image(fname, annotator.result())
 
 
+def result_panels(columns) -> list[str]:
+    """Every train/, val/ and metrics/ column, in the file's order (a segmenter adds masks, a distiller its terms)."""
+    return [c for c in columns if c.startswith(("train/", "val/", "metrics/"))]
+
+
 def plot_results(csv_path: Path) -> Path:
-    """results.png beside results.csv: the three losses (train, val), P, R, mAP50, mAP50-95."""
+    """results.png beside results.csv: the losses (train, val), P, R, mAP50, mAP50-95 (of boxes and masks)."""
     csv_path = Path(csv_path)
     df = _read_csv(csv_path)
     x = df["epoch"].to_numpy() if "epoch" in df else np.arange(len(df))
-    fig, axes = _new_figure(2, 5, figsize=(12, 6))
-    for ax, column in zip(axes, RESULT_PANELS):
+    panels = result_panels(df.columns)
+    rows = -(-len(panels) // 5)
+    fig, axes = _new_figure(rows, 5, figsize=(12, 3 * rows))
+    for ax, column in zip(axes, panels):
         ax.set_title(column, fontsize=11)
-        if column not in df:
-            LOGGER.warning(f"{csv_path}: no column '{column}', its panel stays empty")
-            continue
         y = df[column].to_numpy(dtype=np.float64)
         ax.plot(x, y, marker=".", linewidth=2, markersize=6, label="results")
         if len(y) > 2:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.boxes import xywh2xyxy
+from utils.instance_masks import crop_to_boxes
 from utils.loss import ComputeLoss, Matches
 
 MIN_BOX_AREA = 1e-9  # normalised; a box this small holds no mask pixel anyway
@@ -35,15 +36,6 @@ def instance_numbers(targets: torch.Tensor) -> torch.Tensor:
     numbers = torch.empty_like(img)
     numbers[order] = torch.arange(len(img), device=img.device) - first[img[order]]
     return numbers + 1
-
-
-def crop_to_boxes(maps: torch.Tensor, xyxy: torch.Tensor) -> torch.Tensor:
-    """(n, h, w) maps zeroed outside their (n, 4) boxes, in pixels of the maps (pixel centres decide)."""
-    _, h, w = maps.shape
-    x1, y1, x2, y2 = xyxy[:, :, None, None].unbind(1)  # each (n, 1, 1)
-    cx = torch.arange(w, device=maps.device, dtype=xyxy.dtype).view(1, 1, w) + 0.5
-    cy = torch.arange(h, device=maps.device, dtype=xyxy.dtype).view(1, h, 1) + 0.5
-    return maps * ((cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2))
 
 
 def box_mask_loss(gt: torch.Tensor, coefficients: torch.Tensor, protos: torch.Tensor, xyxy: torch.Tensor,

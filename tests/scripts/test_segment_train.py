@@ -11,7 +11,7 @@ from engine.trainer import TrainOptions
 from models.loading import save_model
 from models.yolo import Model
 from segment import train as segment_train
-from tests.engine.test_segment_task import NAMES, write_segment_dataset
+from tests.segment_fixtures import NAMES, write_segment_dataset
 from utils.checkpoints import load_checkpoint
 
 

@@ -50,3 +50,23 @@ def test_class_aware_vs_agnostic_and_max_det():
     assert len(non_max_suppression(pred, 0.25, 0.45, agnostic=True)[0]) == 1
     assert len(non_max_suppression(pred, 0.25, 0.45, max_det=1)[0]) == 1
     assert non_max_suppression(pred, 0.25, 0.45, classes=[1])[0][:, 5].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_mask_coefficients_ride_along_and_never_score_as_classes(multi_label):
+    pred = torch.zeros(1, 3, 5 + 2 + 4)  # xywh, obj, 2 classes, 4 coefficients
+    pred[0, :, :4] = torch.tensor([[50, 50, 20, 20], [51, 51, 20, 20], [150, 150, 20, 20]])
+    pred[0, :, 4] = 0.9
+    pred[0, :, 5] = torch.tensor([0.9, 0.8, 0.7])
+    pred[0, :, 7:] = torch.arange(12.0).view(3, 4) + 5  # large enough to win any class max
+    out = non_max_suppression(pred, 0.25, 0.45, multi_label=multi_label, nm=4)[0]
+    assert out.shape == (2, 10)
+    assert out[:, 5].tolist() == [0.0, 0.0]
+    assert out[:, 6:].tolist() == (pred[0, [0, 2], 7:]).tolist()
+    empty = non_max_suppression(torch.zeros(2, 3, 11), 0.25, 0.45, nm=4)
+    assert [tuple(e.shape) for e in empty] == [(0, 10), (0, 10)]
+
+
+def test_more_coefficients_than_columns_is_refused():
+    with pytest.raises(ValueError, match="cannot hold"):
+        non_max_suppression(torch.zeros(1, 3, 8), nm=4)

@@ -14,7 +14,7 @@ import yaml
 from models.yolo import Model
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
-from utils.segment_loss import ComputeSegmentLoss, crop_to_boxes, instance_numbers
+from utils.segment_loss import ComputeSegmentLoss, instance_numbers
 
 IMGSZ = 64  # prototypes 16 x 16
 
@@ -51,11 +51,6 @@ def test_instance_numbers_count_rows_within_each_image():
     targets[:, 0] = torch.tensor([0, 0, 1, 0, 2, 2])
     assert instance_numbers(targets).tolist() == [1, 2, 1, 3, 1, 2]
     assert instance_numbers(torch.zeros(0, 6)).tolist() == []
-
-
-def test_crop_keeps_pixels_whose_centres_lie_in_the_box():
-    cropped = crop_to_boxes(torch.ones(1, 4, 6), torch.tensor([[1.0, 0.4, 3.6, 2.5]]))
-    assert cropped[0].nonzero().tolist() == [[r, c] for r in (0, 1) for c in (1, 2, 3)]
 
 
 def test_matches_name_the_target_row_they_train(seg_model):
