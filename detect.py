@@ -25,23 +25,29 @@ LOGGER = logging.getLogger("detect")
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
-                   help="detector checkpoint (.pt) or export (.onnx, .torchscript)")
+DEFAULTS = {"detect": ("yolov5s.pt", "detect"), "segment": ("yolov5s-seg.pt", "predict-seg")}  # weights, runs/<dir>
+
+
+def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | None = None,
+              description: str = __doc__) -> argparse.Namespace:
+    """detect.py's flags; segment/predict.py takes the same ones (kind "segment" changes the defaults)."""
+    weights, runs = DEFAULTS[kind]
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, default=ROOT / weights, help="checkpoint (.pt) or export (.onnx, .torchscript)")
     p.add_argument("--source", default=str(ROOT / "data" / "images"), help="image, dir, glob, .txt list or video")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
+    p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt (segmenters: polygons)")
     p.add_argument("--save-conf", action="store_true", help="add confidences to --save-txt labels")
     p.add_argument("--save-crop", action="store_true", help="save cropped boxes under crops/<class>/")
     p.add_argument("--nosave", action="store_true", help="do not save annotated images/videos")
     p.add_argument("--classes", nargs="+", type=int, help="keep only these classes, e.g. --classes 0 2")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--project", type=Path, default=ROOT / "runs" / "detect", help="save to project/name")
+    p.add_argument("--project", type=Path, default=ROOT / "runs" / runs, help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
     p.add_argument("--line-thickness", type=int, default=3, help="box line thickness (pixels)")
@@ -55,21 +61,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return add_plugin_flags(p, "detect").parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    exit_on_user_error(load_plugins)
-    opt = parse_opt(argv)
-    set_logging(not opt.quiet)
+def run(opt: argparse.Namespace, kind: str = "detect") -> Path:
+    """Load the model and its side inputs, predict over --source; outputs in project/name<N>."""
     options = PredictOptions(opt.imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.classes, opt.agnostic_nms,
                              opt.scale, opt.half)
     out = OutputOptions(increment_path(opt.project / opt.name, exist_ok=opt.exist_ok), not opt.nosave, opt.save_txt,
                         opt.save_conf, opt.save_crop, opt.line_thickness, opt.hide_labels, opt.hide_conf, opt.cam)
 
-    def body() -> Path:
-        model = load_eval_model(opt.weights, select_device(opt.device), options.half)
-        inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
-        return predict(opt.weights, opt.source, options, out, opt.device, inputs, model)
+    model = load_eval_model(opt.weights, select_device(opt.device), options.half, kind)
+    inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
+    return predict(opt.weights, opt.source, options, out, opt.device, inputs, model, kind)
 
-    return exit_on_user_error(body)
+
+def main(argv: list[str] | None = None) -> Path:
+    exit_on_user_error(load_plugins)
+    opt = parse_opt(argv)
+    set_logging(not opt.quiet)
+    return exit_on_user_error(lambda: run(opt))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""`predict(...)`: a detector run over images, folders, globs, lists or videos, with YOLOv5's outputs —
-what detect.py and the D3N pipeline call.
+"""`predict(...)`: a detector or segmenter run over images, folders, globs, lists or videos, with YOLOv5's
+outputs — what detect.py, segment/predict.py and the D3N pipeline call.
 
-Outputs go to `out.save_dir`: annotated images (videos: annotated .mp4), labels/*.txt, crops/<class>/,
-Grad-CAM++ strips in cam/; each under the input's relative name, so inputs in sub-folders stay apart.
+Outputs go to `out.save_dir`: annotated images (videos: annotated .mp4; a segmenter's masks painted under its
+boxes), labels/*.txt (boxes, or a segmenter's polygons), crops/<class>/, Grad-CAM++ strips in cam/; each
+under the input's relative name, so inputs in sub-folders stay apart.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from deploy.backends import DetectBackend
 from engine.plugins import SideInputs, apply_input_rules
-from engine.predictor import PredictOptions, Predictor
+from data.polygons import mask_to_polygons, merge_polygons
+from engine.predictor import PredictOptions, Predictor, SegmentPredictor
 from engine.validate import load_eval_model
 from utils.boxes import xyxy2xywh
 from utils.files import atomic_write_bytes, safe_name
@@ -27,6 +29,7 @@ from utils.sources import Frame, iter_frames, resolve_source
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger(__name__)
+MASK_ALPHA = 0.5  # a painted mask's opacity
 
 
 @dataclass
@@ -52,8 +55,32 @@ def write_labels(path: Path, det: torch.Tensor, shape: tuple[int, int], with_con
     atomic_write_bytes(path, ("\n".join(rows) + "\n" if rows else "").encode())
 
 
-def annotate(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions) -> np.ndarray:
-    annotator = Annotator(frame.image.copy(), line_width=out.line_thickness)
+def write_polygons(path: Path, det: torch.Tensor, masks: torch.Tensor, with_conf: bool) -> None:
+    """YOLOv5 segment rows `cls x1 y1 x2 y2 ... [conf]`, normalised: each mask's outline (parts of one mask
+    joined into one polygon, as the dataset's labels are); a detection whose mask is empty writes no row."""
+    rows = []
+    for (*_, conf, cls), mask in zip(det.tolist(), masks.cpu().numpy()):
+        parts, _ = mask_to_polygons(mask)
+        if not parts:
+            continue
+        polygon = merge_polygons(parts) if len(parts) > 1 else parts[0]
+        xy = " ".join(f"{v:.6f}" for v in polygon.reshape(-1))
+        rows.append(f"{int(cls)} {xy}" + (f" {conf:.6f}" if with_conf else ""))
+    atomic_write_bytes(path, ("\n".join(rows) + "\n" if rows else "").encode())
+
+
+def paint_masks(image: np.ndarray, det: torch.Tensor, masks: torch.Tensor, alpha: float = MASK_ALPHA) -> np.ndarray:
+    """The BGR image with each mask blended in its class colour (later, lower-scored masks on top, as YOLOv5)."""
+    out = image.astype(np.float32)
+    for cls, mask in zip(det[:, 5].tolist(), masks.cpu().numpy()):
+        out[mask] = out[mask] * (1 - alpha) + np.array(colors(int(cls), True), np.float32) * alpha
+    return out.round().astype(np.uint8)
+
+
+def annotate(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions,
+             masks: torch.Tensor | None = None) -> np.ndarray:
+    image = frame.image if masks is None else paint_masks(frame.image, det, masks)
+    annotator = Annotator(image.copy(), line_width=out.line_thickness)
     for *xyxy, conf, cls in det.tolist():
         c = int(cls)
         label = None if out.hide_labels else (names[c] if out.hide_conf else f"{names[c]} {conf:.2f}")
@@ -97,29 +124,33 @@ class VideoWriters:
 
 
 def predict(weights: Path, source: str, options: PredictOptions, out: OutputOptions, device: str = "",
-            inputs: SideInputs | None = None, model: torch.nn.Module | None = None) -> Path:
-    """Detect on every frame of `source` with `weights` (or its already loaded `model`); returns the run directory."""
+            inputs: SideInputs | None = None, model: torch.nn.Module | None = None, kind: str = "detect") -> Path:
+    """Detect (kind "detect") or segment ("segment") every frame of `source` with `weights` (or its already
+    loaded `model`); returns the run directory."""
     dev = select_device(device)
-    model = model if model is not None else load_eval_model(weights, dev, options.half)
+    model = model if model is not None else load_eval_model(weights, dev, options.half, kind)
     if model.side_inputs and inputs is None:
         raise ValueError(f"{weights}: this model needs side inputs {sorted(model.side_inputs)}; "
                          "pass its plug-in's flags (e.g. --latents <feature repository>)")
     if inputs is not None:
         apply_input_rules(options, inputs.rules, str(weights))
     side_fn = inputs.frame_inputs(model, dev) if inputs is not None else None
-    predictor = Predictor(model, options, side_fn)
+    predictor = (SegmentPredictor if kind == "segment" else Predictor)(model, options, side_fn)
     names = model.names
     if out.cam_layers is not None and isinstance(model, DetectBackend):
         raise ValueError(f"{weights}: --cam needs gradients, so the .pt checkpoint, not an export")
+    if out.cam_layers is not None and kind == "segment":
+        raise ValueError(f"{weights}: --cam explains detectors' boxes; it does not take a segmenter")
     cam = CamWriter(model, predictor, names, out.save_dir, out.cam_layers) if out.cam_layers is not None else None
     files = resolve_source(source)
     out.save_dir.mkdir(parents=True, exist_ok=True)
     videos, seen, skipped = VideoWriters(), 0, []
     try:
         for frame in iter_frames(files, skipped):
-            det = predictor(frame.image, frame.path)
+            det, masks = predictor(frame.image, frame.path) if kind == "segment" else \
+                (predictor(frame.image, frame.path), None)
             seen += 1
-            _save_frame(frame, det, names, out, videos)
+            _save_frame(frame, det, names, out, videos, masks)
             if cam is not None:
                 cam.write(frame, det)
             where = f"video {frame.frame + 1}/{frame.frames}" if frame.is_video else f"image {seen}"
@@ -138,15 +169,20 @@ def predict(weights: Path, source: str, options: PredictOptions, out: OutputOpti
     return out.save_dir
 
 
-def _save_frame(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions, videos: VideoWriters) -> None:
+def _save_frame(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions, videos: VideoWriters,
+                masks: torch.Tensor | None = None) -> None:
     """Outputs under the frame's relative name (frame.stem), so inputs in sub-folders keep them apart."""
     stem = frame.stem
     if out.save_txt:
-        write_labels(out.save_dir / "labels" / f"{stem}.txt", det, frame.image.shape[:2], out.save_conf)
+        labels = out.save_dir / "labels" / f"{stem}.txt"
+        if masks is None:
+            write_labels(labels, det, frame.image.shape[:2], out.save_conf)
+        else:
+            write_polygons(labels, det, masks, out.save_conf)
     if out.save_crop:
         save_crops(frame, det, names, out.save_dir)
     if out.save_img:
-        image = annotate(frame, det, names, out)
+        image = annotate(frame, det, names, out, masks)
         if frame.is_video:
             videos.write(out.save_dir / f"{frame.out_stem or frame.path.stem}.mp4", frame, image)
         else:

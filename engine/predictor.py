@@ -1,4 +1,5 @@
-"""Single-image inference shared by detect.py (and deployment back-ends): pre-process, forward, NMS, rescale."""
+"""Single-image inference shared by detect.py, segment/predict.py and the benchmarks: pre-process, forward,
+NMS, rescale (and, for segmenters, the masks)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from utils.augmentations import letterbox, stretch
 from utils.boxes import scale_boxes
 from utils.image_size import check_img_size
+from utils.instance_masks import masks_in_image
 from utils.nms import non_max_suppression
 from utils.torch_utils import time_sync
 
@@ -81,10 +83,34 @@ class Predictor:
         bf16 = self.options.half and self.device.type == "cpu"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = self.model(x, side) if side is not None else self.model(x)
-        pred = (out[0] if isinstance(out, (tuple, list)) else out).float()
         t2 = time_sync()
-        o = self.options
-        det = non_max_suppression(pred, o.conf_thres, o.iou_thres, o.classes, o.agnostic_nms, max_det=o.max_det)[0]
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2], ratio_pad).round()
+        result = self.postprocess(out, tuple(x.shape[2:]), im0.shape[:2], ratio_pad)
         self.timings.add(t1 - t0, t2 - t1, time_sync() - t2)
+        return result
+
+    def nms(self, pred: torch.Tensor, nm: int = 0) -> torch.Tensor:
+        o = self.options
+        return non_max_suppression(pred.float(), o.conf_thres, o.iou_thres, o.classes, o.agnostic_nms,
+                                   max_det=o.max_det, nm=nm)[0]
+
+    def postprocess(self, out, input_hw: tuple[int, int], image_hw: tuple[int, int], ratio_pad):
+        """The eval output (decoded, raw maps) or an export's decoded -> (n, 6) detections in image pixels."""
+        det = self.nms(out[0] if isinstance(out, (tuple, list)) else out)
+        det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
         return det
+
+
+@dataclass
+class SegmentPredictor(Predictor):
+    """A YOLOv5-seg model's detections and their masks on the original image's pixels."""
+
+    def postprocess(self, out, input_hw: tuple[int, int], image_hw: tuple[int, int],
+                    ratio_pad) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval output ((decoded, raw maps), protos) or an export's (decoded, protos) -> ((n, 6) detections,
+        (n, h0, w0) bool masks) in image pixels."""
+        boxes, protos = out
+        decoded = boxes[0] if isinstance(boxes, (tuple, list)) else boxes
+        det = self.nms(decoded, nm=int(protos.shape[1]))
+        det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
+        masks = masks_in_image(protos[0].float(), det[:, 6:], det[:, :4], input_hw, image_hw, ratio_pad)
+        return det[:, :6], masks

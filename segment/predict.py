@@ -1,0 +1,27 @@
+"""Run a trained YOLOv5-seg model on images, directories, globs, .txt lists or videos: boxes and masks.
+
+    python -m segment.predict --weights runs/train-seg/exp/weights/best.pt --source data/images
+
+detect.py's flags. Masks are painted under the boxes on the saved images; --save-txt writes YOLOv5
+segment rows (`class x1 y1 ... xn yn [conf]`, normalised polygons). Results go to runs/predict-seg/exp<N>/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detect import parse_opt, run
+from engine.plugins import load_plugins
+from utils.cli import exit_on_user_error
+from utils.logging import set_logging
+
+
+def main(argv: list[str] | None = None) -> Path:
+    exit_on_user_error(load_plugins)
+    opt = parse_opt(argv, "segment", prog="python -m segment.predict", description=__doc__)
+    set_logging(not opt.quiet)
+    return exit_on_user_error(lambda: run(opt, "segment"))
+
+
+if __name__ == "__main__":
+    main()
