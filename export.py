@@ -1,4 +1,4 @@
-"""Export a trained detector for deployment: ONNX (opset >= 17) and TorchScript, optionally int8 ONNX.
+"""Export a trained detector or segmenter for deployment: ONNX (opset >= 17) and TorchScript, optionally int8 ONNX.
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --int8 --data data/synth-defects.yaml
@@ -59,12 +59,14 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     if opt.half and device.type != "cuda":
         raise ValueError(f"--half: fp16 export needs a CUDA --device (got {device}); CPUs run fp32 or --int8")
     model = prepare_model(Path(opt.weights), device, opt.half)
+    if opt.int8 and model.detect.nm:
+        raise ValueError(f"{opt.weights}: --int8 quantizes detectors; export a segmenter in fp32 (drop --int8)")
     hw = check_imgsz(opt.imgsz, int(model.stride.max()))
     example = torch.zeros(opt.batch_size, 3, *hw, device=device, dtype=torch.float16 if opt.half else torch.float32)
     with torch.inference_mode():
         model(example)  # warm up: builds the decoding grids once
     base = ExportMetadata(names=list(model.names), stride=model.stride.tolist(), imgsz=hw, batch=opt.batch_size,
-                          dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name)
+                          dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name, nm=model.detect.nm)
     files: dict[str, Path] = {}
     weights = Path(opt.weights)
     if "torchscript" in include:
@@ -78,7 +80,9 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     for fmt, path in files.items():
         LOGGER.info("%s: %s (%.1f MB)", fmt, path, path.stat().st_size / 1e6)
     first = files.get("onnx") or next(iter(files.values()))
-    LOGGER.info("Run: python detect.py --weights %s   |   python val.py --weights %s --data <data.yaml>", first, first)
+    scripts = ("segment/predict.py", "segment/val.py") if model.detect.nm else ("detect.py", "val.py")
+    LOGGER.info("Run: python %s --weights %s   |   python %s --weights %s --data <data.yaml>", scripts[0], first,
+                scripts[1], first)
     return files
 
 

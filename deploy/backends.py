@@ -1,6 +1,7 @@
 """Deployment back-ends: run a .pt checkpoint, an .onnx or a .torchscript export behind one call.
 
-Predictor (detect.py) and the validator (val.py) need only `model(images) -> decoded (B, N, 5 + nc)`,
+Predictor (detect.py) and the validator (val.py) need only `model(images) -> decoded (B, N, 5 + nc)` (a
+segmenter's: (decoded, prototypes), `nm` telling them apart),
 `stride`, `names`, `side_inputs` and the device of `next(model.parameters())`; `load_backend` gives
 them that for every format, so the scripts take `--weights model.onnx` unchanged. Exports carry the
 class names, strides and input size in their own metadata (ONNX `metadata_props`, TorchScript
@@ -48,6 +49,7 @@ class ExportMetadata:
     half: bool = False  # fp16 weights and inputs
     source: str = ""  # the checkpoint it came from
     int8: str = ""  # "qdq" / "qoperator" for quantized ONNX models, "" otherwise
+    nm: int = 0  # a segmenter's mask coefficients per row (its second output: the prototypes); 0 for detectors
 
     def to_strings(self) -> dict[str, str]:
         """ONNX metadata_props want str -> str; every value is JSON."""
@@ -85,16 +87,22 @@ class DetectBackend(nn.Module):
         return {}  # D3N teachers are refused at export time
 
     @property
+    def nm(self) -> int:
+        """Mask coefficients per detection row: a segmenter's exports also return prototypes."""
+        return self.meta.nm
+
+    @property
     def fixed_hw(self) -> tuple[int, int] | None:
         """(h, w) a static export takes; None when any (stride-multiple) size runs."""
         return None if self.meta.dynamic else self.meta.imgsz
 
-    def run(self, images: torch.Tensor) -> torch.Tensor:
-        """Format-specific forward: (b, 3, H, W) float -> (b, N, 5 + nc) float32."""
+    def run(self, images: torch.Tensor):
+        """Format-specific forward: (b, 3, H, W) float -> (b, N, 5 + nc) float32 [, (b, nm, H/4, W/4) prototypes]."""
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, h, w) in 0-1 -> decoded (B, N, 5 + nc) in input pixels, float32."""
+    def forward(self, images: torch.Tensor):
+        """Images (B, 3, h, w) in 0-1 -> decoded (B, N, 5 + nc [+ nm]) in input pixels, float32; a segmenter's
+        export returns (decoded, prototypes), as the Segment head in export mode."""
         if self.fixed_hw is None:
             return self.run(images)
         h, w = images.shape[-2:]
@@ -108,11 +116,16 @@ class DetectBackend(nn.Module):
                              "re-export with --dynamic")
         padded = F.pad(images, (0, W - w, 0, H - h), value=PAD_VALUE / 255.0)
         step = self.meta.batch
-        out = torch.cat([self.run(padded[i:i + step]) for i in range(0, images.shape[0], step)], 0)
+        runs = [self.run(padded[i:i + step]) for i in range(0, images.shape[0], step)]
+        out = torch.cat([r[0] if self.nm else r for r in runs], 0)
         if (h, w) != (H, W):  # detections centred in the added padding are not in the image
             outside = (out[..., 0] >= w) | (out[..., 1] >= h)  # (B, N)
             out[..., 4] = out[..., 4].masked_fill(outside, 0.0)
-        return out
+        if not self.nm:
+            return out
+        protos = torch.cat([r[1] for r in runs], 0)
+        ph, pw = protos.shape[-2:]
+        return out, protos[..., :h * ph // H, :w * pw // W]  # the prototypes of the image, not of the padding
 
 
 class OnnxBackend(DetectBackend):
@@ -126,10 +139,11 @@ class OnnxBackend(DetectBackend):
         self.input_name = inp.name
         self.input_dtype = torch.float16 if "float16" in inp.type else torch.float32
 
-    def run(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor):
         x = images.detach().to("cpu", self.input_dtype).contiguous().numpy()
-        out = self.session.run(None, {self.input_name: x})[0]
-        return torch.from_numpy(out).to(self.anchor.device, torch.float32)
+        outs = [torch.from_numpy(o).to(self.anchor.device, torch.float32)
+                for o in self.session.run(None, {self.input_name: x})]
+        return (outs[0], outs[1]) if self.nm else outs[0]
 
 
 def onnx_session(path: Path, device: torch.device, threads: int | None):
@@ -174,9 +188,10 @@ class TorchScriptBackend(DetectBackend):
         self.module = module.eval()
 
     @torch.no_grad()
-    def run(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor):
         x = images.to(self.anchor.device, torch.float16 if self.meta.half else torch.float32)
-        return self.module(x).float()
+        out = self.module(x)
+        return (out[0].float(), out[1].float()) if self.nm else out.float()
 
 
 def _first_line(e: BaseException) -> str:

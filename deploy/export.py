@@ -1,7 +1,9 @@
 """The export formats: TorchScript and ONNX files that carry their metadata, and the check that an export
 reproduces PyTorch. export.py is the command line over these.
 
-Exports return only the decoded (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels.
+Detector exports return the decoded (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels; a
+segmenter's return two outputs, as YOLOv5-seg's: that tensor with nm mask coefficients per row (B, N, 5 + nc + nm)
+and the prototypes (B, nm, H/4, W/4).
 """
 
 from __future__ import annotations
@@ -31,27 +33,26 @@ VERIFY_TOLERANCE = 1e-2  # max |difference| of decoded outputs (pixels, probabil
 
 
 class ImagesOnly(nn.Module):
-    """Images -> decoded detections: what the exporters trace (Model.forward also takes side inputs)."""
+    """Images -> decoded detections (and a segmenter's prototypes): what the exporters trace (Model.forward also
+    takes side inputs)."""
 
     def __init__(self, model: Model):
         super().__init__()
         self.model = model
         self.eval()  # exporters restore the wrapper's mode, recursively, when they finish
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor):
         return self.model(images)
 
 
 def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
-    """Load, refuse D3N teachers, fuse, and make Detect return the decoded tensor only."""
+    """Load, refuse D3N teachers, fuse, and make the head return its export outputs (no raw maps)."""
     if weights.suffix.lower() in (".onnx", ".torchscript"):
         raise ValueError(f"{weights}: already an export; pass the .pt checkpoint")
     if reads_side_inputs(load_checkpoint(weights, expect="detector").get("model_yaml") or {}):
         # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
         raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
     model = load_model(weights, device, fuse=True)
-    if model.detect.nm:
-        raise ValueError(f"{weights}: a segmentation model (Segment head); exporting its two outputs is not built yet")
     model.detect.export = True
     return model.half() if half else model
 
@@ -78,16 +79,20 @@ def export_torchscript(model: Model, example: torch.Tensor, meta: ExportMetadata
 
 def export_onnx(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path, opset: int = MIN_OPSET,
                 simplify: bool = False) -> Path:
-    """ONNX graph `images` (B, 3, H, W) -> `output0` (B, N, 5 + nc), ExportMetadata in metadata_props."""
+    """ONNX graph `images` (B, 3, H, W) -> `output0` (B, N, 5 + nc [+ nm]) [and a segmenter's `output1`, the
+    prototypes (B, nm, H/4, W/4)], ExportMetadata in metadata_props."""
     if opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: this exporter needs opset {MIN_OPSET} or newer")
-    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"},
-                    "output0": {0: "batch", 1: "anchors"}} if meta.dynamic else None
+    outputs = ["output0", "output1"] if meta.nm else ["output0"]
+    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"},
+                    "output1": {0: "batch", 2: "proto_height", 3: "proto_width"}} if meta.dynamic else None
+    if dynamic_axes and not meta.nm:
+        del dynamic_axes["output1"]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))  # "legacy exporter" notes
         torch.onnx.export(ImagesOnly(model), (example,), buffer, opset_version=opset, input_names=["images"],
-                          output_names=["output0"], dynamic_axes=dynamic_axes, do_constant_folding=True,
+                          output_names=outputs, dynamic_axes=dynamic_axes, do_constant_folding=True,
                           dynamo=False)
     proto = onnx.load_from_string(buffer.getvalue())
     if simplify:
@@ -119,9 +124,10 @@ def verify_export(path: Path, model: Model, example: torch.Tensor) -> float:
     """Max |difference| between the export and PyTorch on a random input of the example's shape."""
     x = torch.rand(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
     with torch.inference_mode():
-        expected = model(x).float()
+        expected = model(x)
         got = load_backend(path, example.device)(x)
-    diff = float((got - expected).abs().max())
+    pairs = zip(expected, got) if isinstance(expected, (tuple, list)) else [(expected, got)]
+    diff = max(float((g.float() - e.float()).abs().max()) for e, g in pairs)
     if diff > VERIFY_TOLERANCE:
         LOGGER.warning("WARNING: %s: max |output - PyTorch| = %.2g on a random input (expected < %g)", path, diff,
                        VERIFY_TOLERANCE)

@@ -367,17 +367,27 @@ def test_pipeline_stage1_mistakes_are_one_line_before_anything_trains(item, name
     one_line_error(e, named)
 
 
-@pytest.mark.parametrize("script", ["val", "detect", "export"])
+@pytest.mark.parametrize("script", ["val", "detect"])
 def test_a_segmentation_checkpoint_in_a_detection_script_is_one_line(script, data, tmp_path):
-    """Seg models train today (segment/train.py); the detection scripts refuse them instead of tracing back."""
+    """The detection scripts refuse a segmenter in one line naming segment/val.py and segment/predict.py."""
     model = Model("yolov5n-seg.yaml", nc=6)
     model.names = [f"defect{i}" for i in range(6)]
     seg = tmp_path / "seg.pt"
     save_model(seg, model)
     argv = {"val": ["--data", str(data), "--weights", str(seg), "--imgsz", "64", "--project", str(tmp_path)],
             "detect": ["--weights", str(seg), "--source", str(data.parent / "images" / "val"), "--imgsz", "64",
-                       "--project", str(tmp_path)],
-            "export": ["--weights", str(seg), "--imgsz", "64", "--include", "onnx"]}[script]
+                       "--project", str(tmp_path)]}[script]
     with pytest.raises(SystemExit) as e:
-        {"val": val.main, "detect": detect.main, "export": export.main}[script](argv + ["--quiet"] * (script != "export"))
-    one_line_error(e, str(seg), "segmentation model")
+        {"val": val.main, "detect": detect.main}[script](argv + ["--quiet"])
+    one_line_error(e, str(seg), "segmentation model", f"segment/{'val' if script == 'val' else 'predict'}.py")
+
+
+def test_int8_export_of_a_segmenter_is_one_line(tmp_path):
+    model = Model("yolov5n-seg.yaml", nc=2)
+    model.names = ["a", "b"]
+    seg = tmp_path / "seg.pt"
+    save_model(seg, model)
+    with pytest.raises(SystemExit) as e:
+        export.main(["--weights", str(seg), "--imgsz", "64", "--include", "onnx", "--int8"])
+    one_line_error(e, str(seg), "--int8")
+    assert not list(tmp_path.glob("*.onnx"))
