@@ -19,7 +19,7 @@ from models.yolo import ModelConfigError, load_model_yaml
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
-from engine.tasks import DetectionTask, task_from_state, training_task
+from engine.tasks import DetectionTask, check_resume_script, task_from_state, training_task
 from engine.trainer import StopTraining, Trainer, TrainOptions
 
 ROOT = Path(__file__).resolve().parent
@@ -114,9 +114,9 @@ def task_for(args: argparse.Namespace, script: str = "train") -> tuple[TrainOpti
     """The run's options and task: rebuilt from the checkpoint on --resume, else from the flags and plug-ins."""
     if args.resume:
         opt = options_from_args(args)
-        if script == "train" and opt.task == "distill":
-            raise SystemExit(f"error: {opt.resume}: a distillation run; resume it with train_distill.py")
-        return opt, task_from_state(opt.task, opt.task_state, args, source=opt.resume)
+        task = task_from_state(opt.task, opt.task_state, args, source=opt.resume)
+        check_resume_script(task, script, opt.resume)
+        return opt, task
     task = training_task(args, model_yaml_of(args), script)
     apply_input_rules(args, task.rules, args.cfg or args.weights or "the model")
     return options_from_args(args), task

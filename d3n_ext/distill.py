@@ -168,6 +168,7 @@ class DistillationTask(DetectionTask):
     """Student training with ground truth plus the frozen teacher's predictions on the same batch."""
 
     kind = "distill"
+    script = "distill"
     loss_names = ("box_loss", "obj_loss", "cls_loss", "dist_loss")
 
     def __init__(self, options: DistillOptions, inputs: RepositoryInputs | None = None):

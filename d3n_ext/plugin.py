@@ -13,13 +13,14 @@ import argparse
 from d3n_ext.fusion.binding import side_inputs_of_yaml
 from d3n_ext.fusion.blocks import row_role
 from d3n_ext.distill import DistillationTask, add_distill_flags
-from d3n_ext.fusion.task import D3NTask
+from d3n_ext.fusion.task import D3NSegmentationTask, D3NTask
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import Plugin, register_plugin
 from models.yolo import reads_side_inputs
 
 LATENTS_HELP = {
     "train": "feature repository (extract_features.py) read by a D3N model YAML: trains the hybrid teacher",
+    "segment": "feature repository read by a D3N segmentation YAML: trains the hybrid segmentation teacher",
     "distill": "feature repository the teacher reads (default: the one it was trained with)",
     "val": "feature repository of a D3N teacher",
     "detect": "feature repository of a D3N teacher; images not in it are encoded online",
@@ -52,8 +53,10 @@ class D3NPlugin(Plugin):
         if script == "distill":
             return DistillationTask.from_flags(args)
         if model_yaml is not None and self.claims(model_yaml):
-            source = args.cfg or args.weights
-            return D3NTask(self.side_inputs(args, model_yaml, source), plots=not args.noplots)
+            inputs = self.side_inputs(args, model_yaml, args.cfg or args.weights)
+            if script == "segment":
+                return D3NSegmentationTask(inputs, not args.noplots, args.mask_ratio, not args.no_overlap)
+            return D3NTask(inputs, plots=not args.noplots)
         return None
 
 

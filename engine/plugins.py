@@ -26,7 +26,7 @@ from utils.config import read_yaml_mapping, reject_unknown
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS_FILE = ROOT / "plugins.yaml"
-SCRIPTS = ("train", "distill", "val", "detect")  # what add_flags is told it is adding flags to
+SCRIPTS = ("train", "segment", "distill", "val", "detect")  # "segment": segment/train.py  # what add_flags is told it is adding flags to
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 FrameInputs = Callable[[Path | None, "object", tuple[int, int]], dict[str, torch.Tensor]]

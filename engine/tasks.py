@@ -37,6 +37,7 @@ class DetectionTask:
     """Plain YOLOv5 training: ground-truth loss only."""
 
     kind: str = "detect"
+    script: str = "train"  # the script that trains (and resumes) this kind: a key of SCRIPT_COMMANDS
     loss_names: tuple[str, ...] = ("box_loss", "obj_loss", "cls_loss")
     dataset_cls: type = LoadImagesAndLabels
     validator_cls: type[Validator] = Validator  # per-epoch validation; its result_type names the results.csv columns
@@ -106,6 +107,7 @@ class SegmentationTask(DetectionTask):
     """
 
     kind = "segment"
+    script = "segment"
     loss_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
     dataset_cls = LoadImagesAndMasks
     validator_cls = SegmentValidator
@@ -142,6 +144,15 @@ class SegmentationTask(DetectionTask):
 
 
 
+SCRIPT_COMMANDS = {"train": "train.py", "segment": "python -m segment.train", "distill": "train_distill.py"}
+
+
+def check_resume_script(task: DetectionTask, script: str, source: str) -> None:
+    """A run resumes with the script that started it (its flags and defaults are that script's)."""
+    if task.script != script:
+        raise ValueError(f"{source}: a {task.kind!r} run; resume it with {SCRIPT_COMMANDS[task.script]}")
+
+
 def task_from_state(kind: str, state: dict[str, Any], args: argparse.Namespace | None = None,
                     source: str = "checkpoint") -> DetectionTask:
     """Rebuild a saved task (--resume); an unknown kind lists the known ones."""
@@ -152,12 +163,13 @@ def task_from_state(kind: str, state: dict[str, Any], args: argparse.Namespace |
 
 
 def training_task(args: argparse.Namespace, model_yaml: dict | None, script: str = "train") -> DetectionTask:
-    """The task a fresh run trains with: the first plug-in's that takes the run, else plain detection."""
+    """The task a fresh run trains with: the first plug-in's that takes the run, else plain detection (plain
+    segmentation for segment/train.py)."""
     for plugin in registered_plugins():
         task = plugin.training_task(args, model_yaml, script)
         if task is not None:
             return task
-    if script != "train":
+    if script not in ("train", "segment"):
         raise ValueError(f"no loaded plug-in provides {script} runs (see plugins.yaml)")
     check_no_plugin_flags(args, args.cfg or args.weights or "the model")
-    return DetectionTask()
+    return SegmentationTask(args.mask_ratio, overlap=not args.no_overlap) if script == "segment" else DetectionTask()

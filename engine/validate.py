@@ -110,10 +110,8 @@ def validate(run: ValidationRun, options: ValOptions | None = None, inputs: Side
     check_fits(model, run, data, options.single_cls, inputs)
     dataset = inputs.dataset(model, str(run.weights)) if inputs is not None else None
     validator_cls = Validator
-    if run.kind == "segment":
-        if dataset is not None:
-            raise ValueError(f"{run.weights}: a segmenter with side inputs; segment/val.py scores plain segmenters")
-        dataset, validator_cls = (LoadImagesAndMasks, {}), SegmentValidator
+    if run.kind == "segment":  # polygons for the masks; a plug-in's dataset of a segmenter carries them too
+        dataset, validator_cls = dataset or (LoadImagesAndMasks, {}), SegmentValidator
     stride = max(int(model.stride.max()), 32)
     run.imgsz = check_img_size(run.imgsz, stride)
     loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)

@@ -18,6 +18,7 @@ import torch
 from d3n_ext.fusion.binding import levels_by_stride
 from d3n_ext.stage1.repository import LatentRepository, RepositoryError
 from utils.dataloaders import LoadImagesAndLabels
+from utils.segment_dataset import LoadImagesAndMasks
 from utils.files import file_hash
 
 
@@ -49,3 +50,8 @@ class LatentDataset(LoadImagesAndLabels):
         """{side input name: (T·C, h, w) float16 latents over the whole original image}."""
         levels = self.repository.lookup_key(self.keys[index])  # per level (T, C, h, w) float16
         return {name: torch.from_numpy(levels[lv]).flatten(0, 1) for name, lv in self.level_of.items()}
+
+
+class LatentMaskDataset(LatentDataset, LoadImagesAndMasks):
+    """Polygon labels and their masks (utils.segment_dataset) plus the latents: what a D3N segmentation teacher
+    trains on. Both parts follow the same recorded placements; `mask_ratio` and `overlap` as LoadImagesAndMasks."""

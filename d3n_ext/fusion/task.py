@@ -17,9 +17,9 @@ import torch
 
 from d3n_ext.fusion.binding import bind_repository, load_repository_weights, repository_fingerprint
 from d3n_ext.fusion.blocks import collect_fusion_weights, modules_with_role
-from d3n_ext.fusion.latent_dataset import LatentDataset
+from d3n_ext.fusion.latent_dataset import LatentDataset, LatentMaskDataset
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
-from engine.tasks import DetectionTask, register_task
+from engine.tasks import DetectionTask, SegmentationTask, register_task
 from utils.plots import plot_columns
 from utils.torch_utils import de_parallel
 
@@ -80,3 +80,27 @@ class D3NTask(DetectionTask):
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"repository": str(self.root.resolve()), "fingerprint": repository_fingerprint(self.repo)}
 
+
+
+@register_task
+class D3NSegmentationTask(D3NTask, SegmentationTask):
+    """The hybrid segmentation teacher (paper Table IV): D3NTask's binding, decoders and latents with
+    SegmentationTask's masks, loss and box+mask validation."""
+
+    kind = "d3n-seg-teacher"
+    dataset_cls = LatentMaskDataset
+
+    def __init__(self, inputs: RepositoryInputs, plots: bool = True, mask_ratio: int = 4, overlap: bool = True):
+        D3NTask.__init__(self, inputs, plots)
+        SegmentationTask.__init__(self, mask_ratio, overlap)
+
+    def state(self) -> dict[str, Any]:
+        return {**D3NTask.state(self), **SegmentationTask.state(self)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args=None) -> "D3NSegmentationTask":
+        path = getattr(args, "latents", "") or state["repository"]
+        return cls(RepositoryInputs.open(path), state.get("plots", True), state["mask_ratio"], state["overlap"])
+
+    def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {**D3NTask.dataset_kwargs(self, model), **SegmentationTask.dataset_kwargs(self, model)}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from d3n_ext.fusion.binding import check_bound_to, levels_by_stride
-from d3n_ext.fusion.latent_dataset import LatentDataset
+from d3n_ext.fusion.latent_dataset import LatentDataset, LatentMaskDataset
 from d3n_ext.stage1.features import OnlineLatentEncoder
 from d3n_ext.stage1.repository import LatentRepository
 from engine.plugins import FrameInputs, InputRules, SideInputs
@@ -100,8 +100,11 @@ class RepositoryInputs(SideInputs):
             check_bound_to(model.yaml, self.repo, source)
 
     def dataset(self, model: torch.nn.Module, source: str) -> tuple[type, dict]:
+        """Latents with box labels, or with polygons and masks for a segmentation teacher (Segment head)."""
         self.check_model(model, source)
-        return LatentDataset, {"repository": self.repo, "side_inputs": model.side_inputs}
+        segmenter = bool(getattr(getattr(model, "detect", None), "nm", 0))
+        return (LatentMaskDataset if segmenter else LatentDataset), {"repository": self.repo,
+                                                                      "side_inputs": model.side_inputs}
 
     def frame_inputs(self, model: torch.nn.Module, device: torch.device) -> FrameInputs:
         self.check_model(model, str(getattr(model, "path", "model")))

@@ -111,8 +111,8 @@ def test_mismatches_are_refused_in_one_line(depth_plugin):
         side_inputs_for(plain, parse("val", "--depth-maps", "maps/"), "plain.pt")
     with pytest.raises(ValueError, match="export.onnx: this model reads side inputs but no loaded plug-in"):
         side_inputs_for(None, parse("val"), "export.onnx", needs_side_inputs=True)
-    with pytest.raises(ValueError, match="no loaded plug-in provides segment runs"):
-        training_task(parse("train"), plain, "segment")
+    with pytest.raises(ValueError, match="no loaded plug-in provides pose runs"):
+        training_task(parse("train"), plain, "pose")
 
 
 def test_two_plugins_claiming_one_model_is_an_error(depth_plugin):

@@ -31,5 +31,5 @@ def test_trains_a_segmenter_with_its_mask_options(tmp_path):
 def test_resuming_a_detection_run_is_refused_in_one_line(tmp_path, tiny_cfg):
     path = tmp_path / "last.pt"
     save_model(path, Model(tiny_cfg), train_opts=asdict(TrainOptions(task="detect")), epoch=0)
-    with pytest.raises(SystemExit, match=r"error: .*last.pt: a 'detect' run, not a segmentation one"):
+    with pytest.raises(SystemExit, match=r"error: .*last.pt: a 'detect' run; resume it with train.py$"):
         segment_train.main(["--resume", str(path), "--quiet"])
