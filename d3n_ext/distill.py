@@ -19,6 +19,14 @@ outputs) against the student's, which have the same widths, so no adapter is nee
 
 A teacher without side inputs (a trained plain YOLOv5) is the self-distillation control: the same
 task, the same terms, no DDPM. train_distill.py runs this task (the plug-in adds its flags).
+
+Segmentation (paper Table IV): with a YOLOv5-seg teacher and student the raw maps end in nm mask
+coefficients; the class term leaves them out and a coefficient term joins, scaled like the others, with
+the box gain (YOLOv5-seg's mask loss weight); `dist_proto` optionally adds the prototypes:
+
+    D_coef  = mean(s * (m_s - m_t)^2)                         per level, summed
+    D_proto = mean((P_s - P_t)^2) / mean(P_t^2)
+    loss    = YOLOv5-seg loss + bs * lambda * (... + box * D_coef) + bs * dist_proto * D_proto
 """
 
 from __future__ import annotations
@@ -34,11 +42,12 @@ import torch.nn.functional as F
 
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import InputRules
-from engine.tasks import DetectionTask, register_task
+from engine.tasks import DetectionTask, SegmentationTask, register_task
 from models.loading import build_from_checkpoint
 from models.yolo import reads_side_inputs
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
+from utils.segment_dataset import MASKS
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ class DistillOptions:
     temperature: float = 20.0  # the paper's value; only the kl variant uses it
     obj_scaled: bool = False  # also scale the objectness term by the teacher's objectness
     dist_feat: float = 0.0  # weight of the feature-level term on Detect's input maps (0 = outputs only)
+    dist_proto: float = 0.0  # segmentation: weight of the prototype term (0 = coefficients only)
 
     def __post_init__(self):
         if self.dist_loss not in ("l2", "kl"):
@@ -61,6 +71,8 @@ class DistillOptions:
             raise ValueError(f"--temperature {self.temperature}: must be positive")
         if self.dist_feat < 0:
             raise ValueError(f"--dist-feat {self.dist_feat}: must be >= 0")
+        if self.dist_proto < 0:
+            raise ValueError(f"--dist-proto {self.dist_proto}: must be >= 0")
 
 
 def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -72,6 +84,10 @@ def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--obj-scaled", action="store_true", help="also scale the objectness term by the teacher's objectness")
     p.add_argument("--dist-feat", type=float, default=0.0,
                    help="weight of feature-level distillation of the maps Detect reads (0 = outputs only)")
+    p.add_argument("--dist-proto", type=float, default=0.0,
+                   help="segmenters: weight of distilling the mask prototypes (0 = mask coefficients only)")
+    p.add_argument("--mask-ratio", type=int, default=4, help="segmenters: masks at 1/mask-ratio of the input size")
+    p.add_argument("--no-overlap", action="store_true", help="segmenters: one mask per object, not YOLOv5's overlap map")
     return p
 
 
@@ -99,12 +115,13 @@ def distill_options(args: argparse.Namespace) -> DistillOptions:
 
 
 def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor], dist_loss: str = "l2",
-                       temperature: float = 20.0, obj_scaled: bool = False) -> torch.Tensor:
-    """(box, obj, cls) distillation terms summed over levels; teacher maps are treated as constants."""
+                       temperature: float = 20.0, obj_scaled: bool = False, nm: int = 0) -> torch.Tensor:
+    """(box, obj, cls) distillation terms summed over levels; teacher maps are treated as constants.
+    `nm` trailing columns (a segmenter's mask coefficients) are not classes: `coefficient_term` takes them."""
     terms = torch.zeros(3, device=student[0].device)
     for ps, pt in zip(student, teacher):
-        pt = pt.detach().float()
-        ps = ps.float()
+        pt = pt.detach().float()[..., :pt.shape[-1] - nm]
+        ps = ps.float()[..., :ps.shape[-1] - nm]
         s = pt[..., 4:5].sigmoid()  # (B, na, ny, nx, 1) teacher objectness
         box = (s * (ps[..., :4] - pt[..., :4]) ** 2).mean()
         obj_sq = (ps[..., 4:5] - pt[..., 4:5]) ** 2
@@ -120,6 +137,16 @@ def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor],
             cls = (s * (ps[..., 5:] - pt[..., 5:]) ** 2).mean()
         terms = terms + torch.stack((box, obj, cls))
     return terms
+
+
+def coefficient_term(student: list[torch.Tensor], teacher: list[torch.Tensor], nm: int) -> torch.Tensor:
+    """D_coef: the mask coefficients' squared error scaled by the teacher's objectness, summed over levels."""
+    term = student[0].new_zeros((), dtype=torch.float32)
+    for ps, pt in zip(student, teacher):
+        pt = pt.detach().float()
+        s = pt[..., 4:5].sigmoid()
+        term = term + (s * (ps.float()[..., -nm:] - pt[..., -nm:]) ** 2).mean()
+    return term
 
 
 def feature_term(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
@@ -145,6 +172,9 @@ class DetectInputs:
 def check_same_head(student: torch.nn.Module, teacher: torch.nn.Module, source: str) -> None:
     """Refuse a teacher whose raw maps do not correspond element for element with the student's."""
     s, t = student.detect, teacher.detect
+    if s.nm != t.nm:
+        what = lambda m: f"a segmenter ({m.nm} mask coefficients)" if m.nm else "a detector"  # noqa: E731
+        raise ValueError(f"{source}: the teacher is {what(t)} and the student {what(s)}; distil like into like")
     if (s.nl, s.na, s.nc) != (t.nl, t.na, t.nc) or not torch.equal(s.stride.cpu(), t.stride.cpu()):
         raise ValueError(f"{source}: the teacher's head (levels {t.nl}, anchors {t.na}, classes {t.nc}, "
                          f"strides {t.stride.tolist()}) differs from the student's ({s.nl}, {s.na}, {s.nc}, "
@@ -153,6 +183,12 @@ def check_same_head(student: torch.nn.Module, teacher: torch.nn.Module, source: 
         px = lambda m: (m.anchors.cpu() * m.stride.cpu().view(-1, 1, 1)).round().int().flatten(1).tolist()  # noqa: E731
         raise ValueError(f"{source}: the teacher's anchors {px(t)} differ from the student's {px(s)} (AutoAnchor chose "
                          "others); train the student with the teacher's anchors (same YAML, or --noautoanchor)")
+
+
+def is_segmenter(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint's model ends in a Segment head (read from its YAML, nothing built)."""
+    head = (load_checkpoint(checkpoint, expect="detector").get("model_yaml") or {}).get("head") or [[None] * 3]
+    return head[-1][2] == "Segment"
 
 
 def load_teacher(path: str | Path, device: torch.device) -> torch.nn.Module:
@@ -181,7 +217,11 @@ class DistillationTask(DetectionTask):
 
     @classmethod
     def from_flags(cls, args: argparse.Namespace) -> "DistillationTask":
-        return cls(distill_options(args))
+        """A segmentation teacher (Segment head) makes a segmentation distillation."""
+        options = distill_options(args)
+        if is_segmenter(options.teacher):
+            return SegmentDistillationTask(options, mask_ratio=args.mask_ratio, overlap=not args.no_overlap)
+        return cls(options)
 
     def state(self) -> dict[str, Any]:
         return asdict(self.options)
@@ -233,3 +273,46 @@ class DistillationTask(DetectionTask):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"distilled_from": asdict(self.options)}
+
+
+@register_task
+class SegmentDistillationTask(DistillationTask, SegmentationTask):
+    """Seg student training: YOLOv5-seg's loss plus the detection terms, the mask-coefficient term and optionally
+    the prototype term, against a frozen seg teacher (a hybrid D3N seg teacher, or a plain one: the control)."""
+
+    kind = "distill-seg"
+    loss_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss", "dist_loss")
+
+    def __init__(self, options: DistillOptions, inputs: RepositoryInputs | None = None, mask_ratio: int = 4,
+                 overlap: bool = True):
+        DistillationTask.__init__(self, options, inputs)
+        SegmentationTask.__init__(self, mask_ratio, overlap)
+
+    def state(self) -> dict[str, Any]:
+        return {**asdict(self.options), **SegmentationTask.state(self)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args=None) -> "SegmentDistillationTask":
+        state = dict(state)
+        mask_ratio, overlap = state.pop("mask_ratio"), state.pop("overlap")
+        options = DistillOptions(**{**state, "latents": getattr(args, "latents", "") or state.get("latents", "")})
+        return cls(options, mask_ratio=mask_ratio, overlap=overlap)
+
+    def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The masks' options, with the teacher's latents when it reads them (its dataset then carries both)."""
+        return {**DistillationTask.dataset_kwargs(self, model), **SegmentationTask.dataset_kwargs(self, model)}
+
+    def loss(self, preds, targets, imgs, extras):
+        gt_loss, gt_items = self.segment_loss(preds, targets, extras[MASKS])
+        raw, protos = preds
+        with torch.no_grad():
+            (_, teacher_raw), teacher_protos = SegmentationTask.forward(self, self.teacher, imgs, extras)
+        o, nm, g = self.options, self.teacher.detect.nm, self.compute_loss.gains
+        terms = distillation_terms(raw, teacher_raw, o.dist_loss, o.temperature, o.obj_scaled, nm)
+        coefficients = coefficient_term(raw, teacher_raw, nm)
+        dist = imgs.shape[0] * o.dist_lambda * (g.box * (terms[0] + coefficients) + g.obj * terms[1] + g.cls * terms[2])
+        if o.dist_proto > 0:
+            dist = dist + imgs.shape[0] * o.dist_proto * feature_term([protos], [teacher_protos])
+        if self.hooks is not None:
+            dist = dist + imgs.shape[0] * o.dist_feat * feature_term(self.hooks[0].maps, self.hooks[1].maps)
+        return gt_loss + dist, torch.cat((gt_items, dist.detach().view(1)))
