@@ -3,6 +3,7 @@
     python -m d3n_ext.experiments.pipeline --data data/synth-defects.yaml
     python -m d3n_ext.experiments.pipeline --data data/synth-defects.yaml --out runs/pipeline --seeds 0 1 2
     python -m d3n_ext.experiments.pipeline --summarise runs/a/seed0/table.json runs/b/seed1/table.json --out runs/all
+    python -m d3n_ext.experiments.pipeline --task segment --data data/NEU-Seg.yaml    # Table IV: box and mask
 
 Stages write under --out (default runs/pipeline/exp): baseline/, self-distilled/ (the control,
 --controls), features/, teacher/, student/, val/, detect/ and table.md / table.json. The
@@ -11,7 +12,9 @@ itself (same scale, no DDPM), so "DDPM contribution = D3N student − self-disti
 the DDPM's share of the student's gain. Checkpoints are chosen on val; the table is on the data
 YAML's test split when it has one (else val) and says which. A stage whose finished outputs exist
 with the same settings is reused, and an interrupted training stage resumes from its last.pt, so
-rerunning the command after a crash continues where it stopped.
+rerunning the command after a crash continues where it stopped. `--task segment` runs the same stages
+with YOLOv5-seg models (yolov5n-seg.yaml, yolov5n-seg-d3n-gated.yaml unless --cfg/--teacher-cfg say
+otherwise) on polygon labels, and the table adds each model's mask P, R and mAP (paper Table IV).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from pathlib import Path
 
 import torch
 
-from d3n_ext.distill import DistillationTask, DistillOptions
-from d3n_ext.fusion.task import D3NTask
+from d3n_ext.distill import DistillationTask, DistillOptions, SegmentDistillationTask
+from d3n_ext.fusion.task import D3NSegmentationTask, D3NTask
+from engine.segment_validator import SegmentValResult
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import SideInputs
 from engine.predict import OutputOptions, predict
 from engine.predictor import PredictOptions
-from engine.tasks import DetectionTask
+from engine.tasks import DetectionTask, SegmentationTask
 from engine.trainer import StopTraining, Trainer, TrainOptions
 from engine.validate import ValidationRun, validate
 from engine.validator import ValOptions
@@ -50,6 +54,10 @@ from utils.profiling import count_parameters, cpu_latency_ms
 
 LOGGER = logging.getLogger("d3n_ext.experiments.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+TASK_MODELS = {"detect": ("yolov5n.yaml", "yolov5n-d3n-lite.yaml"),  # (baseline and student, teacher)
+               "segment": ("yolov5n-seg.yaml", "yolov5n-seg-d3n-gated.yaml")}
 
 
 @dataclass
@@ -73,6 +81,28 @@ class PipelineOptions:
     dist_feat: float = 0.0  # weight of feature-level distillation of the neck maps (0 = outputs only)
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
+    task: str = "detect"  # or "segment": YOLOv5-seg baseline, teacher and students, box and mask metrics
+
+    def __post_init__(self):
+        if self.task not in TASK_MODELS:
+            raise ValueError(f"--task {self.task!r}: expected one of {', '.join(TASK_MODELS)}")
+        if self.task == "segment":  # the detection defaults become their segmentation twins
+            detect, segment = TASK_MODELS["detect"], TASK_MODELS["segment"]
+            self.cfg = segment[0] if self.cfg == detect[0] else self.cfg
+            self.teacher_cfg = segment[1] if self.teacher_cfg == detect[1] else self.teacher_cfg
+
+
+def baseline_task(p: PipelineOptions) -> DetectionTask:
+    return SegmentationTask() if p.task == "segment" else DetectionTask()
+
+
+def teacher_task(p: PipelineOptions, features: RepositoryInputs) -> D3NTask:
+    return D3NSegmentationTask(features) if p.task == "segment" else D3NTask(features)
+
+
+def distillation_task(p: PipelineOptions, options: DistillOptions,
+                      features: RepositoryInputs | None = None) -> DistillationTask:
+    return SegmentDistillationTask(options, features) if p.task == "segment" else DistillationTask(options, features)
 
 
 def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask | None = None,
@@ -125,10 +155,13 @@ def train_stage(opt: TrainOptions, task, label: str) -> Path:
 def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
     model = load_model(weights, "cpu")  # parameters as YOLOv5 reports them (unfused); timing on the fused model
     imgsz = check_img_size(imgsz, int(model.stride.max()))  # what training and val.py ran at
-    return {"model": name, "weights": str(weights), "parameters": count_parameters(model),
-            "GFLOPs": round(model.gflops(imgsz), 2), "mAP@0.5": round(result.map50, 4),
-            "mAP@0.5:0.95": round(result.map, 4),
-            "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
+    row = {"model": name, "weights": str(weights), "parameters": count_parameters(model),
+           "GFLOPs": round(model.gflops(imgsz), 2), "P": round(result.mp, 4), "R": round(result.mr, 4),
+           "mAP@0.5": round(result.map50, 4), "mAP@0.5:0.95": round(result.map, 4)}
+    if isinstance(result, SegmentValResult):  # Table IV: the masks beside the boxes
+        row.update({"mask P": round(result.mask_mp, 4), "mask R": round(result.mask_mr, 4),
+                    "mask mAP@0.5": round(result.mask_map50, 4), "mask mAP@0.5:0.95": round(result.mask_map, 4)})
+    return {**row, "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
 
 
 BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
@@ -139,10 +172,17 @@ def report_split(data: str) -> str:
     return "test" if load_data_config(data, autogenerate=False).splits.get("test") else "val"
 
 
+MASK_COLUMNS = ("mask P", "mask R", "mask mAP@0.5", "mask mAP@0.5:0.95")
+
+
 def format_table(rows: list[dict], imgsz: int, split: str = "val") -> str:
-    head = "| model | parameters | GFLOPs | mAP@0.5 | mAP@0.5:0.95 | CPU ms/img |\n|---|---:|---:|---:|---:|---:|\n"
-    body = "".join(f"| {r['model']} | {r['parameters']:,} | {r['GFLOPs']:.2f} | {r['mAP@0.5']:.3f} | "
-                   f"{r['mAP@0.5:0.95']:.3f} | {r['CPU ms/img']:.1f} |\n" for r in rows)
+    masks = [c for c in MASK_COLUMNS if all(c in r for r in rows)]
+    titles = ["mAP@0.5", "mAP@0.5:0.95", *(["box P", "box R", *masks] if masks else [])]
+    keys = ["mAP@0.5", "mAP@0.5:0.95", *(["P", "R", *masks] if masks else [])]
+    head = (f"| model | parameters | GFLOPs | {' | '.join(titles)} | CPU ms/img |\n"
+            f"|---|---:|---:|{'---:|' * len(titles)}---:|\n")
+    body = "".join(f"| {r['model']} | {r['parameters']:,} | {r['GFLOPs']:.2f} | "
+                   f"{' | '.join(f'{r[k]:.3f}' for k in keys)} | {r['CPU ms/img']:.1f} |\n" for r in rows)
     chosen = "best.pt chosen on val, figures on the test split" if split == "test" else "val split (no test split)"
     note = (f"\nAll at {imgsz} px (letterbox-free); {chosen}; GFLOPs by torch's FlopCounterMode; CPU ms: "
             f"median forward of batch 1, fused, {torch.get_num_threads()} threads. The teacher's figures exclude "
@@ -163,8 +203,10 @@ def contribution_lines(rows: list[dict]) -> list[str]:
     lines = []
     for label, _, a, b in MARGINS:
         if a in m and b in m:
+            masks = "".join(f", {m[a][k] - m[b][k]:+.3f} {k}" for k in ("mask mAP@0.5", "mask mAP@0.5:0.95")
+                            if k in m[a] and k in m[b])
             lines.append(f"{label}: {m[a]['mAP@0.5'] - m[b]['mAP@0.5']:+.3f} mAP@0.5, "
-                         f"{m[a]['mAP@0.5:0.95'] - m[b]['mAP@0.5:0.95']:+.3f} mAP@0.5:0.95")
+                         f"{m[a]['mAP@0.5:0.95'] - m[b]['mAP@0.5:0.95']:+.3f} mAP@0.5:0.95{masks}")
     return lines
 
 
@@ -173,7 +215,7 @@ def evaluate_run(p: PipelineOptions, name: str, run_dir: Path, inputs: SideInput
     weights = run_dir / "weights" / "best.pt"
     save_dir = increment_path(Path(p.out) / "val" / f"{run_dir.name}-{split}", exist_ok=True, mkdir=True)
     job = ValidationRun(weights, Path(p.data), split, p.imgsz, scale=True, device=p.device, workers=p.workers,
-                        save_dir=save_dir)
+                        save_dir=save_dir, kind=p.task)
     result = validate(job, ValOptions(), inputs)
     return {**table_row(name, weights, result, p.imgsz), "split": split}
 
@@ -211,21 +253,22 @@ def run(p: PipelineOptions) -> list[dict]:
     start, out = time.time(), Path(p.out)
     teacher_weights(p, out)  # a bad --teacher-init fails now, not after the baseline has trained
     load_data_config(p.data)  # builds the synthetic data on first use
-    baseline = train_stage(train_options(p, "baseline", p.cfg), None, "baseline")
+    task = baseline_task(p)
+    baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline")
     runs = [(BASELINE, baseline, None)]
     if p.controls:  # needs no DDPM: trained before stage 1
         control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
                                  dist_feat=p.dist_feat)
-        task = DistillationTask(control)
+        task = distillation_task(p, control)
         runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
                                                  "self-distilled student"), None))
     features = RepositoryInputs.open(stage1(p))
-    task = D3NTask(features)
+    task = teacher_task(p, features)
     teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
                           "teacher")
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
                              dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
-    task = DistillationTask(distill, features)
+    task = distillation_task(p, distill, features)
     student = train_stage(train_options(p, "student", p.cfg, task), task, "student")
     runs[1:1] = [(TEACHER, teacher, features)]
     runs.append((STUDENT, student, None))
@@ -237,7 +280,7 @@ def run(p: PipelineOptions) -> list[dict]:
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
     predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
-            OutputOptions(out / "detect"), p.device)
+            OutputOptions(out / "detect"), p.device, kind=p.task)
     print(text)
     return rows
 
@@ -286,7 +329,10 @@ def options_from_flags(args: dict) -> PipelineOptions:
         load_stage1_config(args["ddpm_cfg"], overrides)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None  # names the preset, the section and the key
-    return PipelineOptions(**args, stage1_overrides=overrides)
+    try:
+        return PipelineOptions(**args, stage1_overrides=overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _stats(values: list[float]) -> dict:
@@ -298,8 +344,10 @@ def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
     """Mean ± sd of each model's mAP over seeds, and per seed the margins that carry the claim (mAP@0.5)."""
     models = [r["model"] for r in next(iter(per_seed.values()))]
     value = lambda rows, m, k: next(r[k] for r in rows if r["model"] == m)  # noqa: E731
+    first = next(iter(per_seed.values()))
+    keys = ("mAP@0.5", "mAP@0.5:0.95", *(k for k in ("mask mAP@0.5", "mask mAP@0.5:0.95") if all(k in r for r in first)))
     summary = {"seeds": list(per_seed), "models": {m: {k: _stats([value(rows, m, k) for rows in per_seed.values()])
-                                                       for k in ("mAP@0.5", "mAP@0.5:0.95")} for m in models},
+                                                       for k in keys} for m in models},
                "margins": {}}
     for _, label, a, b in MARGINS:
         if a in models and b in models:
@@ -309,10 +357,12 @@ def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
 
 
 def format_seed_summary(summary: dict) -> str:
-    head = (f"Seeds {', '.join(map(str, summary['seeds']))}: mean ± sd\n\n| model | mAP@0.5 | mAP@0.5:0.95 | per seed mAP@0.5 |\n"
-            "|---|---:|---:|---|\n")
-    body = "".join(f"| {m} | {v['mAP@0.5']['mean']:.3f} ± {v['mAP@0.5']['sd']:.3f} | {v['mAP@0.5:0.95']['mean']:.3f} ± "
-                   f"{v['mAP@0.5:0.95']['sd']:.3f} | {', '.join(f'{x:.3f}' for x in v['mAP@0.5']['values'])} |\n"
+    keys = list(next(iter(summary["models"].values())))  # mAP@0.5, mAP@0.5:0.95 [, the masks']
+    head = (f"Seeds {', '.join(map(str, summary['seeds']))}: mean ± sd\n\n| model | {' | '.join(keys)} | per seed "
+            f"mAP@0.5 |\n|---|{'---:|' * len(keys)}---|\n")
+    spread = lambda stats: f"{stats['mean']:.3f} ± {stats['sd']:.3f}"  # noqa: E731
+    body = "".join(f"| {m} | {' | '.join(spread(v[k]) for k in keys)} | "
+                   f"{', '.join(f'{x:.3f}' for x in v['mAP@0.5']['values'])} |\n"
                    for m, v in summary["models"].items())
     margins = "".join(f"\n{label}, mAP@0.5: {d['mean']:+.3f} ± {d['sd']:.3f} (per seed "
                       f"{', '.join(f'{x:+.3f}' for x in d['values'])}; ahead on {d['ahead']})"

@@ -78,8 +78,9 @@ def test_table_row_measures_at_the_size_training_rounded_to(tmp_path, tiny_cfg):
     from models.yolo import Model
 
     save_model(tmp_path / "m.pt", Model(tiny_cfg))
-    row = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 200)
-    at_224 = pipeline.table_row("baseline", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 224)
+    result = SimpleNamespace(mp=0.5, mr=0.5, map50=0.5, map=0.25)
+    row = pipeline.table_row("baseline", tmp_path / "m.pt", result, 200)
+    at_224 = pipeline.table_row("baseline", tmp_path / "m.pt", result, 224)
     assert row["GFLOPs"] == at_224["GFLOPs"] > 0
 
 
@@ -100,5 +101,27 @@ def test_table_gflops_equal_the_layer_table_s(cfg, tmp_path):
         d = bind_levels(d, preset_levels("ddpm-tiny"), "the ddpm-tiny preset")
     model = Model({**d, **TINY}, nc=3)
     save_model(tmp_path / "m.pt", model)
-    row = pipeline.table_row("m", tmp_path / "m.pt", SimpleNamespace(map50=0.5, map=0.25), 96)
+    row = pipeline.table_row("m", tmp_path / "m.pt", SimpleNamespace(mp=0.5, mr=0.5, map50=0.5, map=0.25), 96)
     assert row["GFLOPs"] == round(model.info(imgsz=96)["gflops"], 2) > 0
+
+
+def test_segment_task_uses_seg_models_and_reports_masks_beside_boxes():
+    p = pipeline.PipelineOptions(task="segment")
+    assert (p.cfg, p.teacher_cfg) == ("yolov5n-seg.yaml", "yolov5n-seg-d3n-gated.yaml")
+    assert pipeline.PipelineOptions(task="segment", cfg="yolov5s-seg.yaml").cfg == "yolov5s-seg.yaml"
+    table = rows(0.40, 0.45, 0.41, 0.46)
+    for r, mask in zip(table, (0.30, 0.33, 0.31, 0.35)):
+        r.update({"parameters": 1, "GFLOPs": 0.1, "CPU ms/img": 1.0, "P": 0.5, "R": 0.5, "mask P": 0.4,
+                  "mask R": 0.4, "mask mAP@0.5": mask, "mask mAP@0.5:0.95": mask / 2})
+    text = pipeline.format_table(table, 160, "test")
+    assert "| box P | box R | mask P | mask R | mask mAP@0.5 | mask mAP@0.5:0.95 |" in text
+    assert "DDPM contribution = D3N student − self-distilled student: +0.050 mAP@0.5, +0.025 mAP@0.5:0.95, " \
+           "+0.040 mask mAP@0.5, +0.020 mask mAP@0.5:0.95" in text
+    summary = pipeline.seed_summary({0: table, 1: table})
+    assert summary["models"]["student (D3N)"]["mask mAP@0.5"]["mean"] == pytest.approx(0.35)
+    assert "| model | mAP@0.5 | mAP@0.5:0.95 | mask mAP@0.5 | mask mAP@0.5:0.95 |" in pipeline.format_seed_summary(summary)
+
+
+def test_an_unknown_task_is_one_line():
+    with pytest.raises(SystemExit, match="error: --task 'pose': expected one of detect, segment"):
+        pipeline.main(["--task", "pose", "--quiet"])
