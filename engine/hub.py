@@ -1,0 +1,129 @@
+"""What `torch.hub.load(..., 'custom', path=...)` returns: a model that takes whatever image a user has
+(file paths, URLs are not fetched — offline —, numpy BGR arrays as OpenCV reads them, PIL images, or a list
+of these) and returns `Detections`, in the spirit of YOLOv5's AutoShape: `.xyxy`, `.pandas()`, `.print()`,
+`.save()`. It runs the same Predictor as detect.py, so the boxes are detect.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from engine.predictor import PredictOptions, Predictor
+from engine.validate import load_eval_model
+from utils.files import atomic_write_bytes, increment_path
+from utils.plots import Annotator, colors
+from utils.torch_utils import select_device
+
+COLUMNS = ("xmin", "ymin", "xmax", "ymax", "confidence", "class", "name")
+
+
+def read_input(item: Any, index: int) -> tuple[np.ndarray, str]:
+    """(BGR uint8 image, a name for it) from a path, a numpy array (BGR, as cv2 reads) or a PIL image (RGB)."""
+    if isinstance(item, (str, Path)):
+        image = cv2.imread(str(item))
+        if image is None:
+            raise ValueError(f"{item}: not a readable image file (URLs are not fetched: this model runs offline)")
+        return image, Path(item).name
+    if isinstance(item, np.ndarray):
+        if item.ndim == 2:
+            item = cv2.cvtColor(item, cv2.COLOR_GRAY2BGR)
+        if item.ndim != 3 or item.shape[2] != 3:
+            raise ValueError(f"image {index}: expected an (H, W, 3) BGR array, got shape {item.shape}")
+        return np.ascontiguousarray(item), f"image{index}.jpg"
+    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image, without importing PIL
+        rgb = np.asarray(item.convert("RGB"))
+        filename = getattr(item, "filename", "")  # set when the PIL image was opened from a file
+        return np.ascontiguousarray(rgb[..., ::-1]), Path(filename).name if filename else f"image{index}.jpg"
+    raise TypeError(f"image {index}: expected a path, a numpy array or a PIL image, got {type(item).__name__}")
+
+
+@dataclass
+class Detections:
+    """Per image: `xyxy[i]` (n, 6) [x1, y1, x2, y2, conf, cls] in its pixels; the images and names."""
+
+    images: list[np.ndarray]
+    files: list[str]
+    xyxy: list[torch.Tensor]
+    names: list[str]
+    speed_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def pandas(self) -> "PandasDetections":
+        """As YOLOv5's: `results.pandas().xyxy[i]` is image i's DataFrame (xmin … confidence, class, name)."""
+        import pandas as pd
+
+        return PandasDetections([pd.DataFrame([[*row[:5], int(row[5]), self.names[int(row[5])]]
+                                               for row in det.tolist()], columns=list(COLUMNS)) for det in self.xyxy])
+
+    def __str__(self) -> str:
+        lines = []
+        for i, (file, det) in enumerate(zip(self.files, self.xyxy)):
+            counts = torch.bincount(det[:, 5].long(), minlength=len(self.names)).tolist() if len(det) else []
+            found = ", ".join(f"{n} {self.names[c]}" for c, n in enumerate(counts) if n) or "(no detections)"
+            lines.append(f"image {i + 1}/{len(self)} {file}: {self.images[i].shape[1]}x{self.images[i].shape[0]} {found}")
+        pre, inf, nms = self.speed_ms
+        lines.append(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image")
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        print(self)
+
+    def render(self) -> list[np.ndarray]:
+        """The images (BGR) with their boxes and labels drawn."""
+        out = []
+        for image, det in zip(self.images, self.xyxy):
+            annotator = Annotator(image.copy())
+            for *xyxy, conf, cls in det.tolist():
+                annotator.box_label(xyxy, f"{self.names[int(cls)]} {conf:.2f}", color=colors(int(cls), True))
+            out.append(annotator.result())
+        return out
+
+    def save(self, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False) -> Path:
+        """Annotated images in save_dir (a new exp<N> unless exist_ok), as detect.py writes them."""
+        save_dir = increment_path(Path(save_dir), exist_ok=exist_ok, mkdir=True)
+        for image, file in zip(self.render(), self.files):
+            suffix = Path(file).suffix.lower() if Path(file).suffix.lower() in (".jpg", ".png", ".bmp") else ".jpg"
+            ok, buf = cv2.imencode(suffix, image)
+            if ok:
+                atomic_write_bytes(save_dir / f"{Path(file).stem}{suffix}", buf.tobytes())
+        return save_dir
+
+
+@dataclass
+class PandasDetections:
+    xyxy: list[Any]  # one pandas.DataFrame per image
+
+
+class AutoShape(torch.nn.Module):
+    """A detector that takes images as users have them; thresholds are attributes (`conf`, `iou`, `classes`)."""
+
+    def __init__(self, model: torch.nn.Module, options: PredictOptions):
+        super().__init__()
+        if model.side_inputs:
+            raise ValueError("a D3N teacher reads latent side inputs; load the distilled student instead")
+        self.model, self.options = model, options
+        self.names = list(model.names)
+
+    def forward(self, images: Any, size: int | None = None) -> Detections:
+        items = images if isinstance(images, (list, tuple)) else [images]
+        options = PredictOptions(**{**vars(self.options), **({"imgsz": size} if size else {})})
+        predictor = Predictor(self.model, options)
+        read = [read_input(item, i) for i, item in enumerate(items)]
+        dets = [predictor(image) for image, _ in read]
+        return Detections([im for im, _ in read], [name for _, name in read], dets, self.names,
+                          predictor.timings.per_image_ms())
+
+
+def load_custom(path: str | Path, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640, device: str = "",
+                scale: bool = False, max_det: int = 1000) -> AutoShape:
+    """The model behind hubconf.custom: a .pt checkpoint or an export, wrapped in AutoShape."""
+    model = load_eval_model(Path(path), select_device(device))
+    return AutoShape(model, PredictOptions(imgsz=imgsz, conf_thres=conf, iou_thres=iou, max_det=max_det, scale=scale))
