@@ -360,3 +360,49 @@ def plot_columns(csv_path: Path, columns: list[str], out: Path, title: str, ylab
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save_figure(fig, Path(out))
+
+
+def _first_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in df), None)
+
+
+RUN_PANELS = (("mAP@0.5", ("metrics/mAP_0.5", "metrics/mAP_0.5(B)")),
+              ("mAP@0.5:0.95", ("metrics/mAP_0.5:0.95", "metrics/mAP_0.5:0.95(B)")))
+GT_LOSSES = ("train/box_loss", "train/seg_loss", "train/obj_loss", "train/cls_loss")  # what every run minimises
+
+
+def plot_runs(results: dict[str, Path], out: Path, title: str = "") -> Path:
+    """Several runs' results.csv overlaid per epoch (the paper's Fig. 12): val mAP@0.5, mAP@0.5:0.95 and the
+    ground-truth training loss (box + obj + cls [+ seg]; a distiller's own term left out, so runs compare)."""
+    fig, axes = _new_figure(1, 3, figsize=(15, 4.5))
+    for label, csv_path in results.items():
+        df = _read_csv(Path(csv_path))
+        x = df["epoch"].to_numpy() if "epoch" in df else np.arange(len(df))
+        for ax, (name, columns) in zip(axes, RUN_PANELS):
+            column = _first_column(df, columns)
+            if column is not None:
+                ax.plot(x, df[column].to_numpy(dtype=np.float64), marker=".", linewidth=2, label=label)
+        losses = [c for c in GT_LOSSES if c in df]
+        if losses:
+            axes[2].plot(x, df[losses].to_numpy(dtype=np.float64).sum(1), marker=".", linewidth=2, label=label)
+    for ax, name in zip(axes, ("val mAP@0.5", "val mAP@0.5:0.95", "train loss (box + obj + cls)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save_figure(fig, Path(out))
+
+
+def plot_accuracy_vs_cost(points: list[tuple[str, float, float]], out: Path, ylabel: str = "mAP@0.5",
+                          title: str = "") -> Path:
+    """(label, GFLOPs, accuracy) per model as one labelled scatter (the paper's Fig. 13)."""
+    fig, (ax,) = _new_figure(figsize=(7, 5))
+    for i, (label, gflops, accuracy) in enumerate(points):
+        ax.scatter([gflops], [accuracy], s=60, color=f"#{PALETTE[i % len(PALETTE)]}", label=label, zorder=3)
+        ax.annotate(label, (gflops, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{ylabel} vs computation")
+    return _save_figure(fig, Path(out))

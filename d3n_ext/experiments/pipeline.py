@@ -6,7 +6,8 @@
     python -m d3n_ext.experiments.pipeline --task segment --data data/NEU-Seg.yaml    # Table IV: box and mask
 
 Stages write under --out (default runs/pipeline/exp): baseline/, self-distilled/ (the control,
---controls), features/, teacher/, student/, val/, detect/ and table.md / table.json. The
+--controls), features/, teacher/, student/, val/, detect/, table.md / table.json, and the paper's
+comparison figures curves.png (Fig. 12) and accuracy_vs_gflops.png (Fig. 13). The
 self-distilled student is distilled exactly like the D3N student but from the trained baseline
 itself (same scale, no DDPM), so "DDPM contribution = D3N student − self-distilled student" is
 the DDPM's share of the student's gain. Checkpoints are chosen on val; the table is on the data
@@ -279,10 +280,25 @@ def run(p: PipelineOptions) -> list[dict]:
                                                  f"{made['machine']}; {made['minutes']} minutes.\n")
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
+    write_figures(out, {name: run_dir for name, run_dir, _ in runs}, rows, split)
     predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
             OutputOptions(out / "detect"), p.device, kind=p.task)
     print(text)
     return rows
+
+
+def write_figures(out: Path, runs: dict[str, Path], rows: list[dict], split: str) -> None:
+    """curves.png (Fig. 12: every run's val curves and training loss per epoch) and accuracy_vs_gflops.png
+    (Fig. 13: each model of the table) beside table.md; a figure that cannot be drawn is a warning."""
+    from utils.plots import plot_accuracy_vs_cost, plot_runs  # matplotlib only when drawing
+
+    try:
+        plot_runs({name: run / "results.csv" for name, run in runs.items()}, out / "curves.png",
+                  "per-epoch validation (val split) and training loss")
+        plot_accuracy_vs_cost([(r["model"], r["GFLOPs"], r["mAP@0.5"]) for r in rows], out / "accuracy_vs_gflops.png",
+                              title=f"mAP@0.5 ({split} split) vs GFLOPs")
+    except (OSError, ValueError, KeyError) as e:
+        LOGGER.warning("WARNING: pipeline figures not drawn: %s", e)
 
 
 def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.plots import (Annotator, colors, plot_columns, plot_confusion_matrix, plot_images,
-                         plot_labels, plot_mc_curve, plot_pr_curve, plot_results)
+from utils.plots import (Annotator, colors, plot_accuracy_vs_cost, plot_columns, plot_confusion_matrix, plot_images,
+                         plot_labels, plot_mc_curve, plot_pr_curve, plot_results, plot_runs)
 
 RESULTS_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss",
                    "metrics/precision", "metrics/recall", "metrics/mAP_0.5",
@@ -151,3 +151,15 @@ def test_plot_columns_for_fusion_weights(tmp_path):
     _decodes(out)
     with pytest.raises(ValueError, match="results.csv.*no column"):
         plot_columns(csv, ["fusion/alpha_p9"], tmp_path / "x.png", title="", ylabel="")
+
+
+def test_runs_overlay_and_accuracy_vs_cost(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "results.csv").write_text("epoch,train/box_loss,train/obj_loss,train/cls_loss,metrics/mAP_0.5,"
+                                   "metrics/mAP_0.5:0.95\n0,0.1,0.05,0.02,0.1,0.05\n1,0.08,0.04,0.01,0.2,0.1\n")
+    (b / "results.csv").write_text("epoch,train/box_loss,train/seg_loss,train/obj_loss,train/cls_loss,"
+                                   "train/dist_loss,metrics/mAP_0.5(B),metrics/mAP_0.5:0.95(B)\n"
+                                   "0,0.1,0.2,0.05,0.02,0.3,0.1,0.05\n")
+    _decodes(plot_runs({"baseline": a / "results.csv", "student": b / "results.csv"}, tmp_path / "curves.png"))
+    _decodes(plot_accuracy_vs_cost([("baseline", 0.26, 0.6), ("teacher", 0.72, 0.62)], tmp_path / "cost.png"))

@@ -35,6 +35,7 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path):
     plain = Model("yolov5n.yaml", nc=student.detect.nc)
     plain.load_state_dict(student.state_dict())  # loads into Model from the plain YAML
     assert list((out / "detect").glob("*.png"))
+    assert (out / "curves.png").stat().st_size and (out / "accuracy_vs_gflops.png").stat().st_size  # Figs. 12, 13
     stamp = (out / "baseline" / "weights" / "best.pt").stat().st_mtime
     pipeline.main(argv)  # a rerun reuses every finished stage
     assert (out / "baseline" / "weights" / "best.pt").stat().st_mtime == stamp
