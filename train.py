@@ -42,6 +42,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="keep the YAML's anchors")
     p.add_argument("--noplots", action="store_true", help="write no plots")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="write no TensorBoard event files (on by default: tensorboard --logdir runs/train)")
     p.add_argument("--evolve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")

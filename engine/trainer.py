@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from engine.tasks import DetectionTask
+from engine.tensorboard_log import TensorBoardLog
 from engine.validator import ValOptions, run_validation
 from models.loading import build_from_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
@@ -58,6 +59,7 @@ class TrainOptions:
     noval: bool = False
     noautoanchor: bool = False
     noplots: bool = False
+    tensorboard: bool = True  # event files beside results.csv (--no-tensorboard: off)
     cache: str | None = None
     device: str = ""
     multi_scale: bool = False
@@ -131,6 +133,7 @@ class Trainer:
         self.save_dir = Path(opt.resume).parents[1] if opt.resume else \
             increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         self.wdir = self.save_dir / "weights"
+        self.tensorboard: TensorBoardLog | None = None  # rank 0 opens it in setup()
         init_seeds(opt.seed + self.rank, deterministic=True)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -174,6 +177,8 @@ class Trainer:
             remove_stale_temp_files(self.save_dir, self.wdir)
             atomic_write_text(self.save_dir / "opt.yaml", _yaml_dump(asdict(opt)))
             atomic_write_text(self.save_dir / "hyp.yaml", _yaml_dump(self.hyp.as_dict()))
+            if opt.tensorboard:
+                self.tensorboard = TensorBoardLog(self.save_dir)
         self.data = load_data_config(opt.data) if self.main else None
         barrier()
         self.data = self.data or load_data_config(opt.data, autogenerate=False)
@@ -354,6 +359,8 @@ class Trainer:
     def write_results(self, row: dict) -> None:
         self.rows.append(row)
         atomic_write_text(self.save_dir / "results.csv", _csv_text(self.rows))
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(row, int(row["epoch"]))
 
     def save(self, epoch: int, fitness: float, row: dict | None = None) -> None:
         """last.pt (and best.pt, epoch<N>.pt); the epoch's results row rides along for --resume."""
@@ -385,6 +392,9 @@ class Trainer:
         if not self.opt.noplots and (self.save_dir / "results.csv").exists():
             plot_results(self.save_dir / "results.csv")
         self.task.on_train_end(self.save_dir)
+        if self.tensorboard is not None:
+            self.tensorboard.images(self.save_dir, int(self.rows[-1]["epoch"]) if self.rows else 0)
+            self.tensorboard.close()
         LOGGER.info("Results saved to %s", self.save_dir)
 
 

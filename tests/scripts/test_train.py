@@ -143,3 +143,18 @@ def test_autoanchor_judges_the_boxes_stretched_under_scale(tmp_path, tiny_model_
     train.main(_flags(data, tiny_model_yaml, tmp_path, "scaled", "--epochs", "1", "--noval", "--scale"))
     ratio = seen["wh"][:, 0] / seen["wh"][:, 1]  # w / h of the box as trained: 16 x 32 px stretched
     assert torch.allclose(torch.from_numpy(ratio), torch.tensor(0.5, dtype=torch.float64))  # letterbox gives 1.25
+
+
+def test_tensorboard_events_hold_the_scalars_and_images_and_can_be_turned_off(tmp_path, tiny_data, tiny_model_yaml):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    flags = [f for f in _flags(tiny_data, tiny_model_yaml, tmp_path, "tb", "--epochs", "2") if f != "--noplots"]
+    run = train.main(flags)
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/obj_loss", "x/lr0"):
+        assert tag in scalars, scalars
+    assert [e.step for e in events.Scalars("train/box_loss")] == [0, 1]
+    assert {"train_batch0", "val_batch0_pred", "PR_curve", "results"} <= set(events.Tags()["images"])
+    quiet = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "no-tb", "--epochs", "1", "--no-tensorboard"))
+    assert not list(quiet.glob("events.out.tfevents*"))
