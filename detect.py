@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.plugins import add_plugin_flags, load_plugins, side_inputs_for
 from engine.predict import OutputOptions, predict
 from engine.predictor import PredictOptions
+from engine.tta import TTA
 from engine.validate import load_eval_model
 from utils.cli import exit_on_user_error
 from utils.files import increment_path
@@ -53,6 +54,8 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p.add_argument("--line-thickness", type=int, default=3, help="box line thickness (pixels)")
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
+    p.add_argument("--augment", action="store_true",
+                   help="test-time augmentation: full size, flipped at 0.83x and 0.67x, merged before NMS")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
     p.add_argument("--scale", action="store_true", help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
     p.add_argument("--cam", nargs="*", type=int, default=None, metavar="LAYER",
@@ -70,6 +73,10 @@ def run(opt: argparse.Namespace, kind: str = "detect") -> Path:
 
     model = load_eval_model(opt.weights, select_device(opt.device), options.half, kind)
     inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
+    if opt.augment:
+        if opt.cam is not None:
+            raise ValueError("--augment and --cam: Grad-CAM++ explains one forward pass; drop one of them")
+        model = TTA(model)
     return predict(opt.weights, opt.source, options, out, opt.device, inputs, model, kind)
 
 

@@ -3,8 +3,8 @@
     python val.py --data data/synth-defects.yaml --weights runs/train/exp/weights/best.pt --imgsz 640
 
 Results go to runs/val/exp<N>/: PR/F1/P/R curves, confusion_matrix.png, val_batch*_labels/_pred.jpg,
-labels/*.txt with --save-txt, predictions.json (COCO results format) with --save-json.
-Test-time augmentation (YOLOv5's --augment) is not supported.
+labels/*.txt with --save-txt, predictions.json (COCO results format) with --save-json. --augment scores
+with YOLOv5's test-time augmentation (engine/tta.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from engine.plugins import add_plugin_flags, load_plugins, side_inputs_for
+from engine.tta import TTA
 from engine.validate import ValidationRun, load_eval_model, validate
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
@@ -51,7 +52,7 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat every class as one")
     p.add_argument("--augment", action="store_true",
-                   help="test-time augmentation: NOT supported (YOLOv5's flag; this project refuses it)")
+                   help="test-time augmentation: full size, flipped at 0.83x and 0.67x, merged before NMS")
     p.add_argument("--verbose", action="store_true", help="report mAP per class")
     p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
     p.add_argument("--save-conf", action="store_true", help="add confidences to --save-txt labels")
@@ -78,14 +79,14 @@ def val_options(opt: argparse.Namespace) -> ValOptions:
 
 def run(opt: argparse.Namespace, kind: str = "detect") -> ValResult:
     """Check the cheap inputs first, load the model and its side inputs, evaluate; outputs in project/name<N>."""
-    if opt.augment:
-        raise SystemExit("error: --augment (test-time augmentation) is not supported")
     check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
     data = load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
     job = ValidationRun(opt.weights, opt.data, "val" if opt.task == "speed" else opt.task, opt.imgsz,
                          opt.batch_size, opt.scale, opt.device, opt.workers, kind=kind)
     model = load_eval_model(opt.weights, select_device(opt.device), opt.half, kind)
     inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
+    if opt.augment:
+        model = TTA(model)
     job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     result = validate(job, val_options(opt), inputs, model, data)
     LOGGER.info("Results saved to %s", job.save_dir)

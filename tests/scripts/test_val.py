@@ -82,7 +82,7 @@ def test_truncated_checkpoint_is_one_line_naming_the_file(data_yaml, checkpoint,
     assert message.startswith("error: ") and str(bad) in message and "\n" not in message
 
 
-@pytest.mark.parametrize("problem", ["missing-weights", "bad-yaml", "augment", "latents"])
+@pytest.mark.parametrize("problem", ["missing-weights", "bad-yaml", "latents"])
 def test_bad_inputs_exit_with_one_line(problem, data_yaml, checkpoint, tmp_path):
     weights, data, extra = checkpoint, data_yaml, []
     if problem == "missing-weights":
@@ -90,13 +90,11 @@ def test_bad_inputs_exit_with_one_line(problem, data_yaml, checkpoint, tmp_path)
     elif problem == "bad-yaml":
         data = tmp_path / "bad.yaml"
         data.write_text("train: images\nval: [unclosed\n")
-    elif problem == "augment":
-        extra = ["--augment"]
     else:
         extra = ["--latents", str(tmp_path / "repo")]
     with pytest.raises(SystemExit) as e:
         val.main(args(data, weights, tmp_path / "runs", *extra))
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message
-    named = {"missing-weights": str(weights), "bad-yaml": str(data), "augment": "--augment", "latents": "--latents"}
+    named = {"missing-weights": str(weights), "bad-yaml": str(data), "latents": "--latents"}
     assert named[problem] in message
