@@ -20,6 +20,7 @@ from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 from engine.tasks import DetectionTask, check_resume_script, task_from_state, training_task
+from engine.evolve import EvolveOptions, run_evolution, trial_tasks
 from engine.trainer import StopTraining, Trainer, TrainOptions
 
 ROOT = Path(__file__).resolve().parent
@@ -44,7 +45,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--noplots", action="store_true", help="write no plots")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="write no TensorBoard event files (on by default: tensorboard --logdir runs/train)")
-    p.add_argument("--evolve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, metavar="TRIALS",
+                   help="hyper-parameter search on Optuna: TRIALS short runs (default 300) -> runs/evolve/exp")
+    p.add_argument("--evolve-storage", default="", metavar="URL",
+                   help="Optuna RDB storage shared by several processes or machines, e.g. sqlite:///study.db")
+    p.add_argument("--evolve-study", default="evolve", help="study name in the storage; an existing one continues")
     p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%%")
@@ -77,8 +82,6 @@ def resolve_resume(resume, project: str) -> str:
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     """Flags -> TrainOptions; with --resume the run's saved options are restored (device/workers may change)."""
-    if args.evolve:
-        raise SystemExit("error: --evolve (hyper-parameter evolution) is not supported; tune the hyp YAML instead")
     resume = resolve_resume(args.resume, args.project)
     values = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
     if not values.get("cfg") and not values.get("weights"):
@@ -130,12 +133,26 @@ def parse_opt(argv: list[str] | None = None, script: str = "train") -> argparse.
     return add_plugin_flags(parser, script).parse_args(argv)
 
 
+def run_or_evolve(args: argparse.Namespace, opt: TrainOptions, task: DetectionTask) -> Path:
+    """One training run, or with --evolve a hyper-parameter search of such runs (engine/evolve.py)."""
+    if args.evolve is None:
+        return run_training(opt, task)
+    if opt.resume:
+        raise SystemExit("error: --evolve starts fresh trials; drop --resume (a study continues through "
+                         "--evolve-storage and --evolve-study)")
+    options = EvolveOptions(args.evolve, args.evolve_storage, args.evolve_study, opt.seed)
+    project = Path(args.project)
+    if project.parent == ROOT / "runs" and project.name.startswith("train"):  # a script's default: runs/evolve
+        project = ROOT / "runs" / "evolve"
+    return exit_on_user_error(lambda: run_evolution(opt, trial_tasks(task), options, project), extra=(StopTraining,))
+
+
 def main(argv: list[str] | None = None) -> Path:
     exit_on_user_error(load_plugins)
     args = parse_opt(argv)
     set_logging(not args.quiet)
     opt, task = exit_on_user_error(lambda: task_for(args))
-    return run_training(opt, task)
+    return run_or_evolve(args, opt, task)
 
 
 if __name__ == "__main__":

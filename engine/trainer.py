@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -134,6 +135,7 @@ class Trainer:
             increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         self.wdir = self.save_dir / "weights"
         self.tensorboard: TensorBoardLog | None = None  # rank 0 opens it in setup()
+        self.epoch_callbacks: list[Callable[[int, float], None]] = []  # (epoch, fitness) on rank 0, e.g. pruning
         init_seeds(opt.seed + self.rank, deterministic=True)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -265,6 +267,8 @@ class Trainer:
                 self.save(epoch, fitness, row)
                 self.write_results(row)  # after the checkpoint: a kill in between never shows an epoch twice
                 stop = stopper(epoch, fitness)
+                for callback in self.epoch_callbacks:
+                    callback(epoch, fitness)
             if self.distributed:
                 flag = torch.tensor([int(stop)], device=self.device)
                 torch.distributed.broadcast(flag, 0)

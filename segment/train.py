@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from engine.plugins import add_plugin_flags, load_plugins
-from train import ROOT, add_train_flags, run_training, task_for
+from train import ROOT, add_train_flags, run_or_evolve, task_for
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_opt(argv)
     set_logging(not args.quiet)
     opt, task = exit_on_user_error(lambda: task_for(args, "segment"))
-    return run_training(opt, task)
+    return run_or_evolve(args, opt, task)
 
 
 if __name__ == "__main__":

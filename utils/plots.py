@@ -406,3 +406,15 @@ def plot_accuracy_vs_cost(points: list[tuple[str, float, float]], out: Path, yla
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{ylabel} vs computation")
     return _save_figure(fig, Path(out))
+
+
+def save_axes(axes, path: Path) -> Path:
+    """Save the figure of a library's matplotlib axes (e.g. Optuna's plots) atomically, then release it."""
+    ax = axes.flat[0] if hasattr(axes, "flat") else axes
+    fig = ax.figure
+    try:
+        return _save_figure(fig, Path(path))
+    finally:
+        import matplotlib.pyplot as plt  # the library drew on pyplot's figure manager; free it there
+
+        plt.close(fig)

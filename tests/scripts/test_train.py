@@ -75,8 +75,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_data, tiny_model_yaml):
     broken.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(SystemExit, match=r"broken.pt: not a readable checkpoint"):
         train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "e2", "--weights", str(broken)))
-    with pytest.raises(SystemExit, match="--evolve"):
-        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "e3", "--evolve"))
+    with pytest.raises(SystemExit, match="--evolve starts fresh trials; drop --resume"):
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "e3", "--evolve", "2", "--resume", str(broken)))
 
 
 def test_torchrun_two_cpu_processes_write_one_set_of_results(tmp_path, tiny_data, tiny_model_yaml):
