@@ -54,6 +54,12 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p.add_argument("--line-thickness", type=int, default=3, help="box line thickness (pixels)")
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
+    p.add_argument("--tile", type=int, default=0, metavar="PIXELS",
+                   help="sliced inference for large images: tile x tile windows at full resolution plus the whole "
+                        "image (0 = off)")
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="overlap of neighbouring windows (share of a tile)")
+    p.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"),
+                   help="merge duplicates across windows by NMS, or nmm: join boxes a window border cut")
     p.add_argument("--augment", action="store_true",
                    help="test-time augmentation: full size, flipped at 0.83x and 0.67x, merged before NMS")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
@@ -67,7 +73,7 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
 def run(opt: argparse.Namespace, kind: str = "detect") -> Path:
     """Load the model and its side inputs, predict over --source; outputs in project/name<N>."""
     options = PredictOptions(opt.imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.classes, opt.agnostic_nms,
-                             opt.scale, opt.half)
+                             opt.scale, opt.half, opt.tile, opt.tile_overlap, opt.tile_merge)
     out = OutputOptions(increment_path(opt.project / opt.name, exist_ok=opt.exist_ok), not opt.nosave, opt.save_txt,
                         opt.save_conf, opt.save_crop, opt.line_thickness, opt.hide_labels, opt.hide_conf, opt.cam)
 

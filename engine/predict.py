@@ -19,7 +19,7 @@ import torch
 from deploy.backends import DetectBackend
 from engine.plugins import SideInputs, apply_input_rules
 from data.polygons import mask_to_polygons, merge_polygons
-from engine.predictor import PredictOptions, Predictor, SegmentPredictor
+from engine.predictor import PredictOptions, Predictor, SegmentPredictor, TiledPredictor
 from engine.validate import load_eval_model
 from utils.boxes import xyxy2xywh
 from utils.files import atomic_write_bytes, safe_name
@@ -135,7 +135,10 @@ def predict(weights: Path, source: str, options: PredictOptions, out: OutputOpti
     if inputs is not None:
         apply_input_rules(options, inputs.rules, str(weights))
     side_fn = inputs.frame_inputs(model, dev) if inputs is not None else None
-    predictor = (SegmentPredictor if kind == "segment" else Predictor)(model, options, side_fn)
+    if options.tile and kind == "segment":
+        raise ValueError(f"{weights}: --tile is for detectors; segment the whole image")
+    predictor_cls = SegmentPredictor if kind == "segment" else TiledPredictor if options.tile else Predictor
+    predictor = predictor_cls(model, options, side_fn)
     names = model.names
     if out.cam_layers is not None and isinstance(model, DetectBackend):
         raise ValueError(f"{weights}: --cam needs gradients, so the .pt checkpoint, not an export")

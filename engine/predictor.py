@@ -14,6 +14,7 @@ from utils.boxes import scale_boxes
 from utils.image_size import check_img_size
 from utils.instance_masks import masks_in_image
 from utils.nms import non_max_suppression
+from utils.tiling import merge_detections, tile_windows
 from utils.torch_utils import time_sync
 
 # side_fn(path, image_bgr, input_hw) -> extra model inputs (e.g. D3N latents); None for plain models
@@ -30,6 +31,9 @@ class PredictOptions:
     agnostic_nms: bool = False
     scale: bool = False  # letterbox-free: stretch to imgsz x imgsz (the D3N paper's input)
     half: bool = False  # fp16 on CUDA, bf16 autocast on CPU
+    tile: int = 0  # > 0: sliced inference on tile x tile windows plus the whole image (TiledPredictor)
+    tile_overlap: float = 0.2  # neighbouring windows overlap by this share of a tile
+    tile_merge: str = "nms"  # how boxes of several windows merge: nms, or nmm (merge boxes cut by a border)
 
 
 @dataclass
@@ -114,3 +118,51 @@ class SegmentPredictor(Predictor):
         det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
         masks = masks_in_image(protos[0].float(), det[:, 6:], det[:, :4], input_hw, image_hw, ratio_pad)
         return det[:, :6], masks
+
+
+TILE_BATCH = 8  # windows per forward pass
+
+
+@dataclass
+class TiledPredictor(Predictor):
+    """Sliced inference (utils/tiling.py): the whole image at imgsz plus overlapping tile x tile windows at full
+    resolution, every box moved to the image's pixels, duplicates across windows merged."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.side_fn is not None:
+            raise ValueError("--tile: a D3N teacher's latents describe the whole image, not a window; "
+                             "tile its distilled student instead")
+        tile_windows(1, 1, self.options.tile, self.options.tile_overlap)  # checks the flags now
+        merge_detections(torch.zeros(0, 6), self.options.tile_merge)
+
+    @torch.inference_mode()
+    def __call__(self, im0: np.ndarray, path: object = None) -> torch.Tensor:
+        """Detections (n, 6) [x1, y1, x2, y2, conf, cls] in the pixels of im0, from the whole image and its windows."""
+        o = self.options
+        windows = tile_windows(im0.shape[0], im0.shape[1], o.tile, o.tile_overlap)
+        t0 = time_sync()
+        x, ratio_pad = self.preprocess(im0)
+        t1 = time_sync()
+        found = [self.postprocess(self.model(x), tuple(x.shape[2:]), im0.shape[:2], ratio_pad)]
+        t2 = time_sync()
+        pre, inf, post = t1 - t0, t2 - t1, 0.0
+        for i in range(0, len(windows) if len(windows) > 1 else 0, TILE_BATCH):
+            group = windows[i:i + TILE_BATCH]
+            t0 = time_sync()
+            inputs = [self.preprocess(im0[y1:y2, x1:x2]) for x1, y1, x2, y2 in group]
+            batch = torch.cat([x for x, _ in inputs])
+            t1 = time_sync()
+            out = self.model(batch)
+            t2 = time_sync()
+            pred = out[0] if isinstance(out, (tuple, list)) else out
+            for (x1, y1, x2, y2), (_, pad), p in zip(group, inputs, pred):
+                det = self.postprocess(p[None], tuple(batch.shape[2:]), (y2 - y1, x2 - x1), pad)
+                det[:, [0, 2]] += x1
+                det[:, [1, 3]] += y1
+                found.append(det)
+            pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + time_sync() - t2
+        t0 = time_sync()
+        det = merge_detections(torch.cat(found), o.tile_merge, o.iou_thres)[:o.max_det]
+        self.timings.add(pre, inf, post + time_sync() - t0)
+        return det
