@@ -17,6 +17,8 @@ import torch
 from data.polygons import mask_to_polygons, merge_polygons, polygons_to_mask, polygons_to_masks
 from utils.metrics import match_iou
 
+IOU_CHUNK_VALUES = 2 ** 24  # float values of masks2 held at once by mask_iou (64 MB)
+
 __all__ = ["mask_to_polygons", "merge_polygons", "polygons_to_mask", "polygons_to_masks", "mask_iou",
            "match_mask_predictions", "mask_to_rle", "rle_to_mask", "encode_rle_counts", "decode_rle_counts"]
 
@@ -30,10 +32,14 @@ def mask_iou(masks1: torch.Tensor, masks2: torch.Tensor, eps: float = 1e-7) -> t
     if masks1.shape[1:] != masks2.shape[1:]:
         raise ValueError(f"mask_iou: mask sizes differ, {tuple(masks1.shape[1:])} vs {tuple(masks2.shape[1:])}")
     a = (masks1.flatten(1) > 0).float()  # (N, HW)
-    b = (masks2.flatten(1) > 0).float().to(a.device)  # (M, HW)
-    inter = a @ b.T  # (N, M)
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return inter / union.clamp(min=eps)
+    pixels = max(a.shape[1], 1)
+    step = max(1, IOU_CHUNK_VALUES // pixels)  # masks2 a few at a time: hundreds of large masks stay in memory
+    columns = []
+    for j in range(0, masks2.shape[0], step):
+        b = (masks2[j:j + step].flatten(1) > 0).float().to(a.device)  # (k, HW)
+        inter = a @ b.T  # (N, k)
+        columns.append(inter / (a.sum(1)[:, None] + b.sum(1)[None, :] - inter).clamp(min=eps))
+    return torch.cat(columns, 1) if columns else a.new_zeros((a.shape[0], 0))
 
 
 def match_mask_predictions(pred_masks: torch.Tensor, conf: torch.Tensor, pred_cls: torch.Tensor,

@@ -169,3 +169,13 @@ def test_mask_map_agrees_with_pycocotools_segm(tmp_path: Path, seed: int):
     assert 0.1 < ours.map < ours.map50 < 0.95  # a genuinely partial result
     assert ours.map50 == pytest.approx(coco_map50, abs=1e-6)
     assert ours.map == pytest.approx(coco_map_, abs=1e-6)
+
+
+def test_mask_iou_in_chunks_equals_the_whole(monkeypatch):
+    from utils import masks as masks_module
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 20, 30, generator=g) > 0.5, torch.rand(7, 20, 30, generator=g) > 0.5
+    whole = mask_iou(a, b)
+    monkeypatch.setattr(masks_module, "IOU_CHUNK_VALUES", 2 * 600)  # two masks of 20 x 30 per chunk
+    assert torch.allclose(mask_iou(a, b), whole) and mask_iou(a, b[:0]).shape == (3, 0)
