@@ -36,7 +36,8 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=ROOT / weights, help="checkpoint (.pt) or export (.onnx, .torchscript)")
-    p.add_argument("--source", default=str(ROOT / "data" / "images"), help="image, dir, glob, .txt list or video")
+    p.add_argument("--source", default=str(ROOT / "data" / "images"),
+                   help="image, dir, glob, .txt list, video, camera index (0) or stream URL (rtsp://, http://)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")

@@ -26,6 +26,7 @@ from utils.files import atomic_write_bytes, safe_name
 from utils.gradcam import CamWriter
 from utils.plots import Annotator, colors
 from utils.sources import Frame, iter_frames, resolve_source
+from utils.streams import is_stream, stream_frames
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger(__name__)
@@ -145,18 +146,21 @@ def predict(weights: Path, source: str, options: PredictOptions, out: OutputOpti
     if out.cam_layers is not None and kind == "segment":
         raise ValueError(f"{weights}: --cam explains detectors' boxes; it does not take a segmenter")
     cam = CamWriter(model, predictor, names, out.save_dir, out.cam_layers) if out.cam_layers is not None else None
-    files = resolve_source(source)
+    live = is_stream(source)
+    files = [] if live else resolve_source(source)
+    frames = stream_frames(str(source)) if live else None  # opens the camera/stream now: a dead one fails here
     out.save_dir.mkdir(parents=True, exist_ok=True)
     videos, seen, skipped = VideoWriters(), 0, []
     try:
-        for frame in iter_frames(files, skipped):
+        for frame in frames if live else iter_frames(files, skipped):
             det, masks = predictor(frame.image, frame.path) if kind == "segment" else \
                 (predictor(frame.image, frame.path), None)
             seen += 1
             _save_frame(frame, det, names, out, videos, masks)
             if cam is not None:
                 cam.write(frame, det)
-            where = f"video {frame.frame + 1}/{frame.frames}" if frame.is_video else f"image {seen}"
+            where = (f"video {frame.frame + 1}/{frame.frames}" if frame.frames else f"stream frame {frame.frame + 1}") \
+                if frame.is_video else f"image {seen}"
             LOGGER.info("%s %s: %dx%d %s, %.1fms", where, frame.path, frame.image.shape[1], frame.image.shape[0],
                         describe(det, names), 1e3 * predictor.timings.last[1])
     finally:
@@ -164,7 +168,8 @@ def predict(weights: Path, source: str, options: PredictOptions, out: OutputOpti
     if skipped:
         LOGGER.warning("WARNING: skipped %d unreadable file(s): %s", len(skipped), ", ".join(map(str, skipped)))
     if not seen:
-        raise ValueError(f"{source}: none of its {len(files)} input(s) could be read; nothing was detected")
+        what = "the stream gave no frame" if live else f"none of its {len(files)} input(s) could be read"
+        raise ValueError(f"{source}: {what}; nothing was detected")
     pre, inf, nms = predictor.timings.per_image_ms()
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at %s", pre, inf, nms,
                 f"{predictor.imgsz}" + (" (stretched)" if options.scale else " (letterbox)"))
