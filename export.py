@@ -1,9 +1,10 @@
-"""Export a trained detector or segmenter for deployment: ONNX (opset >= 17) and TorchScript, optionally int8 ONNX.
+"""Export a trained detector or segmenter for deployment: ONNX (opset >= 17), TorchScript and OpenVINO IR,
+optionally int8 ONNX.
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --int8 --data data/synth-defects.yaml
 
-Files go beside the weights (best.onnx, best.torchscript, best-int8.onnx) and carry their class
+Files go beside the weights (best.onnx, best.torchscript, best_openvino_model/, best-int8.onnx) and carry their class
 names, strides and input size, so `detect.py --weights best.onnx` and `val.py --weights best.onnx`
 run them (ONNX Runtime on CPU, its CUDA provider when present). Exports return only the decoded
 (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels; NMS stays in the scripts.
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from deploy.backends import ExportMetadata
-from deploy.export import FORMATS, MIN_OPSET, check_imgsz, export_onnx, export_torchscript, prepare_model, verify_export
+from deploy.export import (DEFAULT_FORMATS, FORMATS, MIN_OPSET, check_imgsz, export_onnx, export_openvino,
+                           export_torchscript, openvino_dir, prepare_model, verify_export)
 from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
 from engine.validate import evaluate
 from utils.cli import exit_on_user_error
@@ -56,13 +59,15 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     if opt.int8 and "onnx" not in include:
         include.append("onnx")  # int8 quantizes the fp32 ONNX model
     device = select_device(opt.device)
-    if opt.half and device.type != "cuda":
-        raise ValueError(f"--half: fp16 export needs a CUDA --device (got {device}); CPUs run fp32 or --int8")
-    model = prepare_model(Path(opt.weights), device, opt.half)
+    if opt.half and device.type != "cuda" and set(include) - {"openvino"}:
+        raise ValueError(f"--half: fp16 ONNX/TorchScript export needs a CUDA --device (got {device}); CPUs run fp32 "
+                         "or --int8 (for OpenVINO alone, --half stores an fp16-compressed IR)")
+    model = prepare_model(Path(opt.weights), device, opt.half and device.type == "cuda")
     if opt.int8 and model.detect.nm:
         raise ValueError(f"{opt.weights}: --int8 quantizes detectors; export a segmenter in fp32 (drop --int8)")
     hw = check_imgsz(opt.imgsz, int(model.stride.max()))
-    example = torch.zeros(opt.batch_size, 3, *hw, device=device, dtype=torch.float16 if opt.half else torch.float32)
+    example = torch.zeros(opt.batch_size, 3, *hw, device=device,
+                          dtype=torch.float16 if opt.half and device.type == "cuda" else torch.float32)
     with torch.inference_mode():
         model(example)  # warm up: builds the decoding grids once
     base = ExportMetadata(names=list(model.names), stride=model.stride.tolist(), imgsz=hw, batch=opt.batch_size,
@@ -73,6 +78,9 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
         files["torchscript"] = export_torchscript(model, example, base, weights.with_suffix(".torchscript"))
     if "onnx" in include:
         files["onnx"] = export_onnx(model, example, base, weights.with_suffix(".onnx"), opt.opset, opt.simplify)
+    if "openvino" in include:
+        files["openvino"] = export_openvino(model.float(), example.float(), replace(base, half=False),
+                                            openvino_dir(weights), fp16=opt.half)
     for path in files.values():
         verify_export(path, model, example)
     if opt.int8:
@@ -89,11 +97,13 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt", help="detector checkpoint (.pt)")
-    p.add_argument("--include", nargs="+", default=list(FORMATS), help=f"formats: {' '.join(FORMATS)}")
+    p.add_argument("--include", nargs="+", default=list(DEFAULT_FORMATS),
+                   help=f"formats: {' '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)})")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (any batch with --dynamic)")
     p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--half", action="store_true", help="FP16 export (CUDA devices only)")
+    p.add_argument("--half", action="store_true",
+                   help="FP16 export: ONNX/TorchScript on CUDA devices; OpenVINO: an fp16-compressed IR on any device")
     p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     p.add_argument("--simplify", action="store_true", help="ONNX: simplify with onnxsim when installed")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset version (>= {MIN_OPSET})")

@@ -35,6 +35,7 @@ LOGGER = logging.getLogger(__name__)
 EXPORT_FORMAT = "d3n-export/1"
 TORCHSCRIPT_CONFIG = "config.json"  # the _extra_files entry holding ExportMetadata
 EXPORT_SUFFIXES = (".onnx", ".torchscript")
+OPENVINO_METADATA = "metadata.json"  # beside an OpenVINO IR: ExportMetadata
 
 
 @dataclass
@@ -194,19 +195,64 @@ class TorchScriptBackend(DetectBackend):
         return (out[0].float(), out[1].float()) if self.nm else out.float()
 
 
+class OpenVINOBackend(DetectBackend):
+    """An OpenVINO IR folder (export.py --include openvino), compiled for the CPU."""
+
+    def __init__(self, path: Path, device: torch.device = torch.device("cpu"), threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise CheckpointError(f"{path}: an OpenVINO model needs the openvino package (pip install openvino)") from None
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        xml = sorted(folder.glob("*.xml"))
+        meta_file = folder / OPENVINO_METADATA
+        if len(xml) != 1 or not meta_file.is_file():
+            raise CheckpointError(f"{path}: not an OpenVINO export of export.py (want one .xml with its .bin and "
+                                  f"{OPENVINO_METADATA})")
+        try:
+            props = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            props = {}
+        if device.type != "cpu":
+            LOGGER.warning("WARNING: %s: OpenVINO runs on the CPU here; device %s is not used", path, device)
+            device = torch.device("cpu")
+        super().__init__(folder, ExportMetadata.from_strings(props, folder), device)
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "INFERENCE_PRECISION_HINT": "f32"}  # fp32 as exported: no silent bf16 on CPUs that have it
+        try:
+            self.compiled = core.compile_model(core.read_model(str(xml[0])), "CPU", config)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: not a readable OpenVINO model ({_first_line(e)})") from None
+
+    def run(self, images: torch.Tensor):
+        result = self.compiled(images.detach().to("cpu", torch.float32).contiguous().numpy())
+        outs = [torch.from_numpy(result[o].copy()).to(torch.float32) for o in self.compiled.outputs]
+        return (outs[0], outs[1]) if self.nm else outs[0]
+
+
+def is_openvino(path: Path) -> bool:
+    return path.suffix.lower() == ".xml" or (path.is_dir() and (path / OPENVINO_METADATA).is_file())
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 def load_backend(weights: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> nn.Module:
-    """The model for `weights` by its suffix: .onnx / .torchscript exports, anything else a checkpoint.
+    """The model for `weights`: .onnx / .torchscript exports, an OpenVINO folder (<name>_openvino_model/ or its
+    .xml), anything else a checkpoint.
 
     A checkpoint comes back as the Model itself (as `load_model`, weights stored channels-last for speed),
     exports as DetectBackends.
     """
     path, device = Path(weights), torch.device(device)
     suffix = path.suffix.lower()
+    if is_openvino(path) or path.name.endswith("_openvino_model"):
+        if not path.exists():
+            raise CheckpointError(f"{path}: model folder not found")
+        return OpenVINOBackend(path, device)
     if suffix in EXPORT_SUFFIXES and not path.is_file():
         raise CheckpointError(f"{path}: model file not found")
     if suffix == ".onnx":

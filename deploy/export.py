@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from deploy.backends import TORCHSCRIPT_CONFIG, ExportMetadata, load_backend
+from deploy.backends import OPENVINO_METADATA, TORCHSCRIPT_CONFIG, ExportMetadata, is_openvino, load_backend
 from models.loading import load_model
 from models.yolo import Model, reads_side_inputs
 from utils.checkpoints import load_checkpoint
@@ -27,7 +28,9 @@ from utils.files import atomic_write_bytes
 from utils.image_size import check_img_size
 
 LOGGER = logging.getLogger(__name__)
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "openvino")
+DEFAULT_FORMATS = ("torchscript", "onnx")  # openvino is an optional package
+OPENVINO_SUFFIX = "_openvino_model"  # best.pt -> best_openvino_model/ (best.xml, best.bin, metadata.json), as YOLOv5
 MIN_OPSET = 17
 VERIFY_TOLERANCE = 1e-2  # max |difference| of decoded outputs (pixels, probabilities) before a warning
 
@@ -103,6 +106,50 @@ def export_onnx(model: Model, example: torch.Tensor, meta: ExportMetadata, path:
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
     return path
+
+
+def openvino_dir(weights: Path, tag: str = "") -> Path:
+    return weights.with_name(f"{weights.stem}{tag}{OPENVINO_SUFFIX}")
+
+
+def export_openvino(model: Model, example: torch.Tensor, meta: ExportMetadata, folder: Path,
+                    fp16: bool = False) -> Path:
+    """An OpenVINO IR folder (<name>.xml, <name>.bin) with ExportMetadata in metadata.json beside it; `fp16`
+    stores the weights compressed to fp16 (OpenVINO computes in its own precision on each device)."""
+    ov = import_openvino()
+    shape = [-1, 3, -1, -1] if meta.dynamic else list(example.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about Python values in the graph
+        ov_model = ov.convert_model(ImagesOnly(model), example_input=example.float(), input=[shape])
+    return save_openvino(ov_model, meta, folder, fp16)
+
+
+def save_openvino(ov_model, meta: ExportMetadata, folder: Path, fp16: bool = False) -> Path:
+    """Write an IR and its metadata into `folder`, replacing an earlier export only once the new one is whole."""
+    ov = import_openvino()
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    name = folder.name[:-len(OPENVINO_SUFFIX)] if folder.name.endswith(OPENVINO_SUFFIX) else folder.name
+    ov.save_model(ov_model, str(staging / f"{name}.xml"), compress_to_fp16=fp16)
+    (staging / OPENVINO_METADATA).write_text(json.dumps(meta.to_strings(), indent=1))
+    if folder.exists():
+        if not is_openvino(folder):
+            shutil.rmtree(staging)
+            raise ValueError(f"{folder}: exists and is not an OpenVINO export of export.py; move it out of the way")
+        shutil.rmtree(folder)  # the previous export of the same name, which this one replaces
+    staging.rename(folder)
+    return folder
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ValueError("OpenVINO export and inference need the openvino package: pip install openvino") from None
+    return openvino
 
 
 def simplify_onnx(proto):
