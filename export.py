@@ -26,6 +26,7 @@ from deploy.backends import ExportMetadata
 from deploy.export import (DEFAULT_FORMATS, FORMATS, MIN_OPSET, check_imgsz, export_onnx, export_openvino,
                            export_torchscript, openvino_dir, prepare_model, verify_export)
 from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
+from deploy.quantize_openvino import quantize_openvino
 from engine.validate import evaluate
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
@@ -36,18 +37,22 @@ LOGGER = logging.getLogger("export")
 ROOT = Path(__file__).resolve().parent
 
 
-def export_int8(opt: argparse.Namespace, onnx_path: Path) -> Path:
-    """best.onnx -> best-int8.onnx, calibrated on the data YAML's train split; logs mAP@0.5 before and after."""
+def export_int8(opt: argparse.Namespace, fp32: Path, fmt: str) -> Path:
+    """best.onnx -> best-int8.onnx (ONNX Runtime) or best_openvino_model/ -> best_int8_openvino_model/ (NNCF),
+    calibrated on the data YAML's train split; logs mAP@0.5 before and after on its val split."""
     data = load_data_config(opt.data)
-    int8_path = onnx_path.with_name(f"{onnx_path.stem}-int8.onnx")
-    quantize_onnx(onnx_path, int8_path, calibration_files(data.images("train"), opt.calib_images), opt.int8_format)
+    calib = calibration_files(data.images("train"), opt.calib_images)
+    if fmt == "onnx":
+        int8 = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}-int8.onnx"), calib, opt.int8_format)
+    else:
+        int8 = quantize_openvino(fp32, openvino_dir(Path(opt.weights), "_int8"), calib)
     if not opt.no_map:
-        before = evaluate(onnx_path, data, workers=opt.workers)
-        after = evaluate(int8_path, data, workers=opt.workers)
+        before = evaluate(fp32, data, workers=opt.workers)
+        after = evaluate(int8, data, workers=opt.workers)
         LOGGER.info("int8 %s: mAP@0.5 on %s val %.3f -> %.3f (%+.1f points), mAP@0.5:0.95 %.3f -> %.3f",
-                    opt.int8_format, data.yaml_path.name, before.map50, after.map50,
-                    100 * (after.map50 - before.map50), before.map, after.map)
-    return int8_path
+                    opt.int8_format if fmt == "onnx" else "OpenVINO (NNCF)", data.yaml_path.name, before.map50,
+                    after.map50, 100 * (after.map50 - before.map50), before.map, after.map)
+    return int8
 
 
 def run(opt: argparse.Namespace) -> dict[str, Path]:
@@ -56,8 +61,8 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     unknown = sorted(set(include) - set(FORMATS))
     if unknown:
         raise ValueError(f"--include {' '.join(unknown)}: unknown format (known: {', '.join(FORMATS)})")
-    if opt.int8 and "onnx" not in include:
-        include.append("onnx")  # int8 quantizes the fp32 ONNX model
+    if opt.int8 and not {"onnx", "openvino"} & set(include):
+        include.append("onnx")  # int8 quantizes the fp32 ONNX model (and the OpenVINO IR when it is asked for)
     device = select_device(opt.device)
     if opt.half and device.type != "cuda" and set(include) - {"openvino"}:
         raise ValueError(f"--half: fp16 ONNX/TorchScript export needs a CUDA --device (got {device}); CPUs run fp32 "
@@ -83,8 +88,10 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
                                             openvino_dir(weights), fp16=opt.half)
     for path in files.values():
         verify_export(path, model, example)
-    if opt.int8:
-        files["int8"] = export_int8(opt, files["onnx"])
+    if opt.int8 and "onnx" in files:
+        files["int8"] = export_int8(opt, files["onnx"], "onnx")
+    if opt.int8 and "openvino" in files:
+        files["openvino_int8"] = export_int8(opt, files["openvino"], "openvino")
     for fmt, path in files.items():
         LOGGER.info("%s: %s (%.1f MB)", fmt, path, path.stat().st_size / 1e6)
     first = files.get("onnx") or next(iter(files.values()))
@@ -107,7 +114,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     p.add_argument("--simplify", action="store_true", help="ONNX: simplify with onnxsim when installed")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset version (>= {MIN_OPSET})")
-    p.add_argument("--int8", action="store_true", help="also write <name>-int8.onnx (static int8 quantization)")
+    p.add_argument("--int8", action="store_true", help="also write <name>-int8.onnx (ONNX Runtime) and, with openvino, "
+                   "<name>_int8_openvino_model/ (NNCF): static int8 post-training quantization")
     p.add_argument("--int8-format", default="qdq", choices=INT8_FORMATS, help="int8 ONNX operator style")
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml",
                    help="data YAML: --int8 calibrates on its train split and scores its val split")

@@ -73,3 +73,36 @@ def test_detect_runs_the_openvino_folder(weights, tmp_path):
     run = detect.main(["--weights", str(folder), "--source", str(image), "--imgsz", "128", "--project",
                        str(tmp_path), "--save-txt", "--quiet"])
     assert (run / "labels" / "a.txt").exists()
+
+
+def test_int8_by_nncf_keeps_the_first_layer_and_head_in_float_and_scores(tmp_path, caplog):
+    import logging
+
+    from deploy.quantize_openvino import kept_float_ops
+    from tests.scripts.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "synth", n_train=8, n_val=4, size=96)
+    model = Model("yolov5n.yaml", nc=6)  # the synthetic set's classes
+    model.names = [f"defect{i}" for i in range(6)]
+    weights = tmp_path / "best.pt"
+    save_model(weights, model)
+    with caplog.at_level(logging.INFO):
+        files = export.main(["--weights", str(weights), "--imgsz", "128", "--include", "openvino", "--int8",
+                             "--data", str(data), "--calib-images", "8", "--workers", "0"])
+    folder = files["openvino_int8"]
+    assert folder.name == "best_int8_openvino_model"
+    backend = load_backend(folder)
+    assert backend.meta.int8 == "nncf"
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(folder / "best_int8.xml"))
+    kept = set(kept_float_ops(ir))
+    convs = [op for op in ir.get_ops() if op.get_type_name() == "Convolution"]
+    quantized = {op.get_friendly_name(): any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                                             for i in range(2)) for op in convs}  # int8 input or weights
+    assert any(q for name, q in quantized.items() if name not in kept)  # the body is int8
+    first_and_head = [name for name in quantized if name in kept]
+    assert first_and_head and not any(quantized[name] for name in first_and_head)  # these stay float
+    assert "int8 OpenVINO (NNCF): mAP@0.5 on data.yaml val" in caplog.text
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    assert backend(x).shape == load_backend(files["openvino"])(x).shape
