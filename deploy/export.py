@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -115,12 +116,15 @@ def openvino_dir(weights: Path, tag: str = "") -> Path:
 def export_openvino(model: Model, example: torch.Tensor, meta: ExportMetadata, folder: Path,
                     fp16: bool = False) -> Path:
     """An OpenVINO IR folder (<name>.xml, <name>.bin) with ExportMetadata in metadata.json beside it; `fp16`
-    stores the weights compressed to fp16 (OpenVINO computes in its own precision on each device)."""
+    stores the weights compressed to fp16 (OpenVINO computes in its own precision on each device).
+
+    Converted from our ONNX graph rather than traced from PyTorch: the ONNX exporter keeps the Detect
+    head's grid sizes symbolic, where OpenVINO's own tracing bakes in the example's size (a --dynamic IR
+    then decodes other sizes wrongly; tested at a size other than the export's)."""
     ov = import_openvino()
-    shape = [-1, 3, -1, -1] if meta.dynamic else list(example.shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about Python values in the graph
-        ov_model = ov.convert_model(ImagesOnly(model), example_input=example.float(), input=[shape])
+    with tempfile.TemporaryDirectory(dir=Path(folder).parent, prefix=".openvino-") as tmp:
+        onnx_file = export_onnx(model, example, meta, Path(tmp) / "model.onnx")
+        ov_model = ov.convert_model(str(onnx_file))
     return save_openvino(ov_model, meta, folder, fp16)
 
 

@@ -8,6 +8,8 @@ whose outputs are pixel boxes and scores, stay in floating point.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from dataclasses import replace
@@ -21,7 +23,7 @@ from deploy.quantize import LetterboxReader
 from utils.logging import quieter
 
 LOGGER = logging.getLogger(__name__)
-LAYER = re.compile(r"\bmodel\.model\.(\d+)\.")  # how torch module paths read in the IR's operation names
+LAYER = re.compile(r"/model\.(\d+)/")  # layer i's operations are named '/model/model.<i>/...' (from the ONNX graph)
 
 
 def kept_float_ops(model) -> list[str]:
@@ -30,7 +32,7 @@ def kept_float_ops(model) -> list[str]:
     indices = [int(m.group(1)) for n in names if (m := LAYER.search(n))]
     if not indices:
         raise ValueError("int8: cannot find the model's layers in the OpenVINO IR (was it made by export.py?)")
-    kept = (f"model.model.{min(indices)}.", f"model.model.{max(indices)}.")
+    kept = (f"/model.{min(indices)}/", f"/model.{max(indices)}/")
     return [n for n in names if any(k in n for k in kept)]
 
 
@@ -59,7 +61,7 @@ def quantize_openvino(src: str | Path, dst: str | Path, calib: list[Path]) -> Pa
     kept = kept_float_ops(model)
     items = calibration_inputs(calib, meta.imgsz)
     nncf.set_log_level(logging.ERROR)  # its progress bars and notes are not for our users
-    with quieter(""):
+    with quieter(""), contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
         quantized = nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
                                   subset_size=len(items), ignored_scope=nncf.IgnoredScope(names=kept, validate=False))
     folder = save_openvino(quantized, replace(meta, int8="nncf"), Path(dst))

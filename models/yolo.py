@@ -100,8 +100,10 @@ class Detect(nn.Module):
         if key not in self._grids or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             y, x = torch.arange(ny, device=device, dtype=dtype), torch.arange(nx, device=device, dtype=dtype)
             yv, xv = torch.meshgrid(y, x, indexing="ij")
-            grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
-            anchor_grid = (self.anchors[i] * self.stride[i]).to(dtype).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+            # broadcast shapes, no Expand: exported graphs then take any batch (OpenVINO's broadcast of a
+            # batch-1 Expand refuses batch 2)
+            grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
+            anchor_grid = (self.anchors[i] * self.stride[i]).to(dtype).view(1, self.na, 1, 1, 2)
             self._grids[key] = (grid, anchor_grid)
         return self._grids[key]
 

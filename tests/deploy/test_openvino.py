@@ -53,6 +53,15 @@ def _xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.cat((b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2), 1)
 
 
+def test_a_dynamic_ir_decodes_other_sizes_as_the_checkpoint(weights):
+    folder = export.main(["--weights", str(weights), "--imgsz", "128", "--include", "openvino", "--dynamic",
+                          "--quiet"])["openvino"]
+    x = torch.rand(2, 3, 96, 160, generator=torch.Generator().manual_seed(1))  # not the exported 128 x 128
+    with torch.no_grad():
+        expected = load_backend(weights)(x)[0]
+    assert (load_backend(folder)(x) - expected).abs().max() < 0.05
+
+
 def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
     (tmp_path / "x_openvino_model").mkdir()
     with pytest.raises(Exception, match="not an OpenVINO export"):
