@@ -21,7 +21,7 @@ from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.checkpoints import CheckpointError
 from utils.image_size import check_img_size
 from utils.logging import quieter
-from utils.torch_utils import select_device
+from utils.torch_utils import cpu_has_fast_bf16, select_device
 from engine.segment_validator import SegmentValidator
 from engine.validator import ValOptions, ValResult, Validator, run_validation
 from utils.segment_dataset import LoadImagesAndMasks
@@ -66,6 +66,9 @@ def load_eval_model(weights: Path, device: torch.device, half: bool = False, kin
         raise ValueError(f"{weights}: {what}; score and run it with {scripts[0]} and {scripts[1]}")
     if half and device.type == "cuda":
         model.half()
+    if half and device.type == "cpu" and not cpu_has_fast_bf16():
+        LOGGER.warning("WARNING: --half on this CPU (no AMX or AVX-512 bf16): bf16 autocast is emulated and usually "
+                       "slower than fp32 here (python -m benchmarks.deploy measures it); drop --half")
     return model
 
 

@@ -28,3 +28,13 @@ def test_extra_error_types_join_and_bugs_propagate():
     with pytest.raises(KeyError):
         exit_on_user_error(fail(KeyError("a bug")))
     assert exit_on_user_error(lambda: 42) == 42
+
+
+def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from utils.torch_utils import cpu_has_fast_bf16
+
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_has_fast_bf16(str(with_amx)) and not cpu_has_fast_bf16(str(without))
+    assert not cpu_has_fast_bf16(str(tmp_path / "none"))
