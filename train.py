@@ -117,6 +117,9 @@ def model_yaml_of(args: argparse.Namespace) -> dict | None:
 
 def task_for(args: argparse.Namespace, script: str = "train") -> tuple[TrainOptions, DetectionTask]:
     """The run's options and task: rebuilt from the checkpoint on --resume, else from the flags and plug-ins."""
+    if getattr(args, "evolve", None) is not None and args.resume:
+        raise SystemExit("error: --evolve starts fresh trials; drop --resume (a study continues through "
+                         "--evolve-storage and --evolve-study)")
     if args.resume:
         opt = options_from_args(args)
         task = task_from_state(opt.task, opt.task_state, args, source=opt.resume)
@@ -137,9 +140,6 @@ def run_or_evolve(args: argparse.Namespace, opt: TrainOptions, task: DetectionTa
     """One training run, or with --evolve a hyper-parameter search of such runs (engine/evolve.py)."""
     if args.evolve is None:
         return run_training(opt, task)
-    if opt.resume:
-        raise SystemExit("error: --evolve starts fresh trials; drop --resume (a study continues through "
-                         "--evolve-storage and --evolve-study)")
     options = EvolveOptions(args.evolve, args.evolve_storage, args.evolve_study, opt.seed)
     project = Path(args.project)
     if project.parent == ROOT / "runs" and project.name.startswith("train"):  # a script's default: runs/evolve
