@@ -44,6 +44,8 @@ def test_every_pass_maps_its_boxes_back_to_the_input():
     assert out.shape[1] == sum(full[:-1]) + sum(mid) + sum(small[1:])  # full size without P5, 0.67x without P3
     np.testing.assert_allclose(out[0, :, :4].numpy(), np.tile([50.0, 60.0, 40.0, 40.0], (out.shape[1], 1)), atol=2.5)
     assert [ratio for ratio, _ in PASSES] == [1.0, 0.83, 0.67]
+    plain, _ = model(imgs)
+    assert out.shape[2] == plain.shape[2] and out.shape[1] != plain.shape[1]  # same columns, other predictions
 
 
 def test_teachers_and_segmenters_are_refused():
