@@ -15,7 +15,8 @@ from pathlib import Path
 
 from engine.plugins import add_plugin_flags, load_plugins, side_inputs_for
 from engine.tta import TTA
-from engine.validate import ValidationRun, load_eval_model, validate
+from engine.predictor import PredictOptions
+from engine.validate import ValidationRun, load_eval_model, validate, validate_tiled
 from utils.cli import exit_on_user_error
 from utils.data_config import load_data_config
 from utils.files import increment_path
@@ -51,6 +52,10 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat every class as one")
+    p.add_argument("--tile", type=int, default=0, metavar="PIXELS",
+                   help="score sliced inference (detect.py --tile) on each whole image, in its own pixels")
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="overlap of neighbouring windows")
+    p.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"), help="merge duplicates by NMS or nmm")
     p.add_argument("--augment", action="store_true",
                    help="test-time augmentation: full size, flipped at 0.83x and 0.67x, merged before NMS")
     p.add_argument("--verbose", action="store_true", help="report mAP per class")
@@ -88,7 +93,14 @@ def run(opt: argparse.Namespace, kind: str = "detect") -> ValResult:
     if opt.augment:
         model = TTA(model)
     job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    result = validate(job, val_options(opt), inputs, model, data)
+    if opt.tile:
+        if kind != "detect":
+            raise ValueError(f"{opt.weights}: --tile scores detectors")
+        tiling = PredictOptions(opt.imgsz, val_options(opt).conf_thres, val_options(opt).iou_thres, opt.max_det,
+                                scale=opt.scale, tile=opt.tile, tile_overlap=opt.tile_overlap, tile_merge=opt.tile_merge)
+        result = validate_tiled(job, val_options(opt), tiling, model, data)
+    else:
+        result = validate(job, val_options(opt), inputs, model, data)
     LOGGER.info("Results saved to %s", job.save_dir)
     return result
 

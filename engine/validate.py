@@ -8,7 +8,7 @@ side inputs' input rules and runs the shared evaluation loop; outputs go to `sav
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,9 @@ from utils.image_size import check_img_size
 from utils.logging import quieter
 from utils.torch_utils import cpu_has_fast_bf16, select_device
 from engine.segment_validator import SegmentValidator
-from engine.validator import ValOptions, ValResult, Validator, run_validation
+from engine.predictor import PredictOptions, TiledPredictor
+from engine.validator import ValOptions, ValResult, Validator, log_result, run_validation
+from utils.sources import read_image
 from utils.segment_dataset import LoadImagesAndMasks
 
 LOGGER = logging.getLogger(__name__)
@@ -120,6 +122,32 @@ def validate(run: ValidationRun, options: ValOptions | None = None, inputs: Side
     loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)
     names = ["item"] if options.single_cls else data.names
     return run_validation(model, loader, names, run.save_dir, options, device=device, validator_cls=validator_cls)
+
+
+def validate_tiled(run: ValidationRun, options: ValOptions, predict_options: PredictOptions,
+                   model: torch.nn.Module, data: DataConfig) -> ValResult:
+    """val.py --tile: each image of the split whole, through TiledPredictor (the whole image shrunk plus full-
+    resolution windows), scored by the shared Validator in the original image's pixels."""
+    if model.side_inputs:
+        raise ValueError(f"{run.weights}: --tile: a D3N teacher's latents describe the whole image; tile its student")
+    dataset = LoadImagesAndLabels(data.images(run.split), run.imgsz, 1, augment=False, single_cls=options.single_cls,
+                                  nc=data.nc, prefix=f"{run.split}: ")
+    names = ["item"] if options.single_cls else data.names
+    predictor = TiledPredictor(model, predict_options)
+    validator = Validator(model, names, run.save_dir, replace(options, plots=False), None, predictor.device)
+    with torch.inference_mode():
+        for path, labels, (w0, h0) in zip(dataset.im_files, dataset.labels, dataset.shapes):
+            image = read_image(Path(path))
+            if image is None:
+                continue  # the dataset has already warned about it
+            det = predictor(image, path)
+            validator.process_image(det, torch.as_tensor(labels, dtype=torch.float32).reshape(-1, 5),
+                                    (int(h0), int(w0)), Path(path), ((int(h0), int(w0)), ((1.0, 1.0), (0.0, 0.0))))
+        result = validator.finish()
+    result.speed = predictor.timings.per_image_ms()
+    validator.save_json()
+    log_result(result, validator.nc, options, None)
+    return result
 
 
 def evaluate(weights: str | Path, data: DataConfig, imgsz: int | None = None, batch_size: int = 32,

@@ -98,3 +98,8 @@ def test_bad_inputs_exit_with_one_line(problem, data_yaml, checkpoint, tmp_path)
     assert message.startswith("error: ") and "\n" not in message
     named = {"missing-weights": str(weights), "bad-yaml": str(data), "latents": "--latents"}
     assert named[problem] in message
+
+
+def test_tile_scores_each_whole_image(data_yaml, checkpoint, tmp_path):
+    result = val.main(args(data_yaml, checkpoint, tmp_path / "runs", "--tile", "64", "--tile-overlap", "0.25"))
+    assert isinstance(result, ValResult) and result.seen == 5 and 0.0 <= result.map50 <= 1.0

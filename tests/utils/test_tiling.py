@@ -93,3 +93,30 @@ def test_detect_takes_tile_flags_and_refuses_bad_ones_in_one_line(tmp_path, tiny
     with pytest.raises(SystemExit) as e:
         detect.main(argv + ["--tile-overlap", "1.5"])
     assert str(e.value.code).startswith("error: ") and "--tile-overlap 1.5" in str(e.value.code)
+
+
+def test_tiled_validation_scores_what_tiles_find(tmp_path):
+    from engine.validate import ValidationRun, validate_tiled
+    from engine.validator import ValOptions
+    from utils.data_config import load_data_config
+
+    for i in range(2):  # large images with small defects, YOLO labels
+        image = np.full((1024, 2048, 3), 60, np.uint8)
+        rows = []
+        for k in range(6):
+            x, y, s = 150 + 300 * k, 300 + 40 * k + 100 * i, 16
+            image[y:y + s, x:x + s] = 255
+            rows.append(f"0 {(x + s / 2) / 2048:.6f} {(y + s / 2) / 1024:.6f} {s / 2048:.6f} {s / 1024:.6f}")
+        (tmp_path / "images" / "val").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "labels" / "val").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "images" / "val" / f"{i}.png"), image)
+        (tmp_path / "labels" / "val" / f"{i}.txt").write_text("\n".join(rows) + "\n")
+    yaml_file = tmp_path / "data.yaml"
+    yaml_file.write_text(f"path: {tmp_path}\ntrain: images/val\nval: images/val\nnames: [defect]\n")
+    data = load_data_config(yaml_file)
+    run = ValidationRun(tmp_path / "oracle.pt", yaml_file, "val", 640)
+    tiled = validate_tiled(run, ValOptions(plots=False), PredictOptions(640, conf_thres=0.001, tile=640),
+                           SharpEyedOnlyUpClose(), data)
+    whole = validate_tiled(run, ValOptions(plots=False), PredictOptions(640, conf_thres=0.001, tile=4096),
+                           SharpEyedOnlyUpClose(), data)  # one window larger than the image: whole-image only
+    assert tiled.map50 > 0.99 and whole.map50 == 0.0 and tiled.seen == whole.seen == 2
