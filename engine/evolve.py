@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import random
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -87,9 +89,9 @@ def run_evolution(opt: TrainOptions, make_task: Callable[[object], DetectionTask
     out = _shared_dir(project, options.study) if options.storage else increment_path(project / "exp", mkdir=True)
     storage = options.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     base = load_hyp(opt.hyp or None).as_dict()
-    study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=options.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    study = _create_study(optuna, study_name=options.study, storage=storage, direction="maximize", load_if_exists=True,
+                          sampler=optuna.samplers.TPESampler(seed=options.seed),
+                          pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     if not study.trials:
         study.enqueue_trial({k: v for k, v in base.items() if k in SEARCH_SPACE})  # the base hyp is trial 0
     LOGGER.info("Evolving %d trials of %d epochs in study %r (%s); results in %s", options.trials, opt.epochs,
@@ -115,6 +117,21 @@ def run_evolution(opt: TrainOptions, make_task: Callable[[object], DetectionTask
     study.optimize(objective, n_trials=options.trials, catch=())
     write_results(study, base, out)
     return out
+
+
+RACE_ERRORS = ("OperationalError", "IntegrityError")  # SQLAlchemy's, when processes create one storage at once
+
+
+def _create_study(optuna, attempts: int = 5, **kwargs):
+    """optuna.create_study, retried when another process is creating the same storage's tables or study at the
+    same moment (SQLite answers "table ... already exists" or "database is locked" to the loser)."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(**kwargs)
+        except Exception as e:  # noqa: BLE001 - the storage's driver errors have no common importable base
+            if attempt == attempts - 1 or type(e).__name__ not in RACE_ERRORS:
+                raise
+            time.sleep(0.2 + random.random())
 
 
 def _shared_dir(project: Path, study: str) -> Path:

@@ -61,3 +61,30 @@ def test_distillation_searches_lambda(tmp_path, tiny_data, tiny_model_yaml):
     out = train_distill.main(_flags(tiny_data, tiny_model_yaml, tmp_path / "evolve", "--teacher",
                                     str(teacher / "weights" / "best.pt"), "--evolve", "1"))
     assert float(_rows(out / "evolve.csv")[0]["dist_lambda"]) > 0
+
+
+def test_a_storage_creation_race_is_retried(monkeypatch):
+    from engine import evolve
+
+    class OperationalError(Exception):
+        """Named as SQLAlchemy's: what the losing process gets when two create one SQLite storage at once."""
+
+    calls = []
+
+    class FakeOptuna:
+        @staticmethod
+        def create_study(**kwargs):
+            calls.append(kwargs)
+            if len(calls) == 1:
+                raise OperationalError("table studies already exists")
+            return "study"
+
+    monkeypatch.setattr(evolve.time, "sleep", lambda s: None)
+    assert evolve._create_study(FakeOptuna, study_name="s") == "study" and len(calls) == 2
+    FakeOptuna.create_study = staticmethod(lambda **kwargs: (_ for _ in ()).throw(ValueError("bad direction")))
+    try:
+        evolve._create_study(FakeOptuna, study_name="s")
+    except ValueError as e:
+        assert "bad direction" in str(e)  # anything else is not retried
+    else:
+        raise AssertionError("a non-race error was swallowed")
