@@ -67,16 +67,17 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     if opt.half and device.type != "cuda" and set(include) - {"openvino"}:
         raise ValueError(f"--half: fp16 ONNX/TorchScript export needs a CUDA --device (got {device}); CPUs run fp32 "
                          "or --int8 (for OpenVINO alone, --half stores an fp16-compressed IR)")
-    model = prepare_model(Path(opt.weights), device, opt.half and device.type == "cuda")
-    if opt.int8 and model.detect.nm:
+    half = opt.half and device.type == "cuda"  # fp16 weights and inputs; on a CPU --half only compresses the IR
+    model = prepare_model(Path(opt.weights), device, half)
+    if opt.int8 and model.nm:
         raise ValueError(f"{opt.weights}: --int8 quantizes detectors; export a segmenter in fp32 (drop --int8)")
     hw = check_imgsz(opt.imgsz, int(model.stride.max()))
     example = torch.zeros(opt.batch_size, 3, *hw, device=device,
-                          dtype=torch.float16 if opt.half and device.type == "cuda" else torch.float32)
+                          dtype=torch.float16 if half else torch.float32)
     with torch.inference_mode():
         model(example)  # warm up: builds the decoding grids once
     base = ExportMetadata(names=list(model.names), stride=model.stride.tolist(), imgsz=hw, batch=opt.batch_size,
-                          dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name, nm=model.detect.nm)
+                          dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name, nm=model.nm)
     files: dict[str, Path] = {}
     weights = Path(opt.weights)
     if "torchscript" in include:
@@ -95,7 +96,7 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     for fmt, path in files.items():
         LOGGER.info("%s: %s (%.1f MB)", fmt, path, path.stat().st_size / 1e6)
     first = files.get("onnx") or next(iter(files.values()))
-    scripts = ("segment/predict.py", "segment/val.py") if model.detect.nm else ("detect.py", "val.py")
+    scripts = ("segment/predict.py", "segment/val.py") if model.nm else ("detect.py", "val.py")
     LOGGER.info("Run: python %s --weights %s   |   python %s --weights %s --data <data.yaml>", scripts[0], first,
                 scripts[1], first)
     return files

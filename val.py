@@ -93,14 +93,15 @@ def run(opt: argparse.Namespace, kind: str = "detect") -> ValResult:
     if opt.augment:
         model = TTA(model)
     job.save_dir = increment_path(opt.project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    options = val_options(opt)
     if opt.tile:
         if kind != "detect":
             raise ValueError(f"{opt.weights}: --tile scores detectors")
-        tiling = PredictOptions(opt.imgsz, val_options(opt).conf_thres, val_options(opt).iou_thres, opt.max_det,
-                                scale=opt.scale, tile=opt.tile, tile_overlap=opt.tile_overlap, tile_merge=opt.tile_merge)
-        result = validate_tiled(job, val_options(opt), tiling, model, data)
+        tiling = PredictOptions(opt.imgsz, options.conf_thres, options.iou_thres, opt.max_det, scale=opt.scale,
+                                tile=opt.tile, tile_overlap=opt.tile_overlap, tile_merge=opt.tile_merge)
+        result = validate_tiled(job, options, tiling, model, data)
     else:
-        result = validate(job, val_options(opt), inputs, model, data)
+        result = validate(job, options, inputs, model, data)
     LOGGER.info("Results saved to %s", job.save_dir)
     return result
 

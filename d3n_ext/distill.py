@@ -295,8 +295,8 @@ class SegmentDistillationTask(DistillationTask, SegmentationTask):
     def from_state(cls, state: dict[str, Any], args=None) -> "SegmentDistillationTask":
         state = dict(state)
         mask_ratio, overlap = state.pop("mask_ratio"), state.pop("overlap")
-        options = DistillOptions(**{**state, "latents": getattr(args, "latents", "") or state.get("latents", "")})
-        return cls(options, mask_ratio=mask_ratio, overlap=overlap)
+        base = DistillationTask.from_state(state, args)  # its rule for the repository
+        return cls(base.options, base.inputs, mask_ratio=mask_ratio, overlap=overlap)
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """The masks' options, with the teacher's latents when it reads them (its dataset then carries both)."""

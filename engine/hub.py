@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import torch
 
+from engine.predict import describe, draw_detections
 from engine.predictor import PredictOptions, Predictor
 from engine.validate import load_eval_model
 from utils.files import atomic_write_bytes, increment_path
-from utils.plots import Annotator, colors
 from utils.torch_utils import select_device
 
 COLUMNS = ("xmin", "ymin", "xmax", "ymax", "confidence", "class", "name")
@@ -66,9 +66,8 @@ class Detections:
     def __str__(self) -> str:
         lines = []
         for i, (file, det) in enumerate(zip(self.files, self.xyxy)):
-            counts = torch.bincount(det[:, 5].long(), minlength=len(self.names)).tolist() if len(det) else []
-            found = ", ".join(f"{n} {self.names[c]}" for c, n in enumerate(counts) if n) or "(no detections)"
-            lines.append(f"image {i + 1}/{len(self)} {file}: {self.images[i].shape[1]}x{self.images[i].shape[0]} {found}")
+            h, w = self.images[i].shape[:2]
+            lines.append(f"image {i + 1}/{len(self)} {file}: {w}x{h} {describe(det, self.names)}")
         pre, inf, nms = self.speed_ms
         lines.append(f"Speed: {pre:.1f}ms pre-process, {inf:.1f}ms inference, {nms:.1f}ms NMS per image")
         return "\n".join(lines)
@@ -78,13 +77,7 @@ class Detections:
 
     def render(self) -> list[np.ndarray]:
         """The images (BGR) with their boxes and labels drawn."""
-        out = []
-        for image, det in zip(self.images, self.xyxy):
-            annotator = Annotator(image.copy())
-            for *xyxy, conf, cls in det.tolist():
-                annotator.box_label(xyxy, f"{self.names[int(cls)]} {conf:.2f}", color=colors(int(cls), True))
-            out.append(annotator.result())
-        return out
+        return [draw_detections(image, det, self.names) for image, det in zip(self.images, self.xyxy)]
 
     def save(self, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False) -> Path:
         """Annotated images in save_dir (a new exp<N> unless exist_ok), as detect.py writes them."""

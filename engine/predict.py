@@ -78,15 +78,21 @@ def paint_masks(image: np.ndarray, det: torch.Tensor, masks: torch.Tensor, alpha
     return out.round().astype(np.uint8)
 
 
+def draw_detections(image: np.ndarray, det: torch.Tensor, names: list[str], line_width: int | None = None,
+                    hide_labels: bool = False, hide_conf: bool = False) -> np.ndarray:
+    """A copy of the BGR image with each (n, 6) detection's box and label drawn in its class colour."""
+    annotator = Annotator(image.copy(), line_width=line_width)
+    for *xyxy, conf, cls in det.tolist():
+        c = int(cls)
+        label = None if hide_labels else (names[c] if hide_conf else f"{names[c]} {conf:.2f}")
+        annotator.box_label(xyxy, label or "", color=colors(c, True))
+    return annotator.result()
+
+
 def annotate(frame: Frame, det: torch.Tensor, names: list[str], out: OutputOptions,
              masks: torch.Tensor | None = None) -> np.ndarray:
     image = frame.image if masks is None else paint_masks(frame.image, det, masks)
-    annotator = Annotator(image.copy(), line_width=out.line_thickness)
-    for *xyxy, conf, cls in det.tolist():
-        c = int(cls)
-        label = None if out.hide_labels else (names[c] if out.hide_conf else f"{names[c]} {conf:.2f}")
-        annotator.box_label(xyxy, label or "", color=colors(c, True))
-    return annotator.result()
+    return draw_detections(image, det, names, out.line_thickness, out.hide_labels, out.hide_conf)
 
 
 def save_crops(frame: Frame, det: torch.Tensor, names: list[str], save_dir: Path) -> None:

@@ -92,16 +92,19 @@ class Predictor:
         self.timings.add(t1 - t0, t2 - t1, time_sync() - t2)
         return result
 
-    def nms(self, pred: torch.Tensor, nm: int = 0) -> torch.Tensor:
+    def detections(self, out, input_hw: tuple[int, int], image_hw: tuple[int, int], ratio_pad,
+                   nm: int = 0) -> torch.Tensor:
+        """(n, 6 + nm) rows in image pixels from the decoded output (or the eval tuple it starts)."""
+        decoded = out[0] if isinstance(out, (tuple, list)) else out
         o = self.options
-        return non_max_suppression(pred.float(), o.conf_thres, o.iou_thres, o.classes, o.agnostic_nms,
-                                   max_det=o.max_det, nm=nm)[0]
+        det = non_max_suppression(decoded.float(), o.conf_thres, o.iou_thres, o.classes, o.agnostic_nms,
+                                  max_det=o.max_det, nm=nm)[0]
+        det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
+        return det
 
     def postprocess(self, out, input_hw: tuple[int, int], image_hw: tuple[int, int], ratio_pad):
         """The eval output (decoded, raw maps) or an export's decoded -> (n, 6) detections in image pixels."""
-        det = self.nms(out[0] if isinstance(out, (tuple, list)) else out)
-        det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
-        return det
+        return self.detections(out, input_hw, image_hw, ratio_pad)
 
 
 @dataclass
@@ -113,9 +116,7 @@ class SegmentPredictor(Predictor):
         """Eval output ((decoded, raw maps), protos) or an export's (decoded, protos) -> ((n, 6) detections,
         (n, h0, w0) bool masks) in image pixels."""
         boxes, protos = out
-        decoded = boxes[0] if isinstance(boxes, (tuple, list)) else boxes
-        det = self.nms(decoded, nm=int(protos.shape[1]))
-        det[:, :4] = scale_boxes(input_hw, det[:, :4], image_hw, ratio_pad).round()
+        det = self.detections(boxes, input_hw, image_hw, ratio_pad, nm=int(protos.shape[1]))
         masks = masks_in_image(protos[0].float(), det[:, 6:], det[:, :4], input_hw, image_hw, ratio_pad)
         return det[:, :6], masks
 

@@ -47,7 +47,7 @@ class TTA(nn.Module):
         if getattr(model, "side_inputs", None):
             raise ValueError("--augment: a D3N teacher's latents describe the unflipped, unscaled image; run it "
                              "without test-time augmentation")
-        if getattr(model, "nm", 0) or getattr(getattr(model, "detect", None), "nm", 0):
+        if getattr(model, "nm", 0):
             raise ValueError("--augment: test-time augmentation is for detectors, not segmenters")
         self.model = model
         self.stride, self.names = model.stride, model.names

@@ -61,7 +61,7 @@ def load_eval_model(weights: Path, device: torch.device, half: bool = False, kin
     """A checkpoint (fused) or export of a detector (`kind` "detect") or segmenter ("segment"), ready for
     inference on `device`; the other kind is refused with the scripts that take it."""
     model = load_backend(weights, device, fuse=True)
-    segmenter = bool(getattr(model, "nm", 0) or getattr(getattr(model, "detect", None), "nm", 0))  # export or Model
+    segmenter = bool(model.nm)  # a Model's or an export's
     if segmenter != (kind == "segment"):
         what = "a segmentation model (Segment head)" if segmenter else "a detector (no Segment head)"
         scripts = KINDS["segment" if segmenter else "detect"]

@@ -285,6 +285,11 @@ class Model(nn.Module):
         return self.model[-1]
 
     @property
+    def nm(self) -> int:
+        """Mask coefficients per detection row: 0 for a detector, 32 for a YOLOv5-seg model (exports say it too)."""
+        return self.detect.nm
+
+    @property
     def side_inputs(self) -> dict[str, tuple[int, int]]:
         """Extra inputs this model needs: name -> (channels, stride relative to the image)."""
         return {m.name: (m.channels, m.stride) for m in self.model if isinstance(m, SideInput)}

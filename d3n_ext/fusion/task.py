@@ -99,8 +99,8 @@ class D3NSegmentationTask(D3NTask, SegmentationTask):
 
     @classmethod
     def from_state(cls, state: dict[str, Any], args=None) -> "D3NSegmentationTask":
-        path = getattr(args, "latents", "") or state["repository"]
-        return cls(RepositoryInputs.open(path), state.get("plots", True), state["mask_ratio"], state["overlap"])
+        base = D3NTask.from_state(state, args)  # its rule for the repository
+        return cls(base.inputs, base.plots, state["mask_ratio"], state["overlap"])
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         return {**D3NTask.dataset_kwargs(self, model), **SegmentationTask.dataset_kwargs(self, model)}

@@ -102,8 +102,7 @@ class RepositoryInputs(SideInputs):
     def dataset(self, model: torch.nn.Module, source: str) -> tuple[type, dict]:
         """Latents with box labels, or with polygons and masks for a segmentation teacher (Segment head)."""
         self.check_model(model, source)
-        segmenter = bool(getattr(getattr(model, "detect", None), "nm", 0))
-        return (LatentMaskDataset if segmenter else LatentDataset), {"repository": self.repo,
+        return (LatentMaskDataset if model.nm else LatentDataset), {"repository": self.repo,
                                                                       "side_inputs": model.side_inputs}
 
     def frame_inputs(self, model: torch.nn.Module, device: torch.device) -> FrameInputs:
