@@ -100,11 +100,16 @@ def box_area(box: torch.Tensor) -> torch.Tensor:
     return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
 
 
-def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> (N, M)."""
+def box_intersection(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersection areas of (N, 4) and (M, 4) xyxy boxes -> (N, M)."""
     lt = torch.max(box1[:, None, :2], box2[None, :, :2])
     rb = torch.min(box1[:, None, 2:], box2[None, :, 2:])
-    inter = (rb - lt).clamp(0).prod(2)
+    return (rb - lt).clamp(0).prod(2)
+
+
+def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> (N, M)."""
+    inter = box_intersection(box1, box2)
     return inter / (box_area(box1)[:, None] + box_area(box2)[None, :] - inter + eps)
 
 

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from utils.boxes import box_area
+from utils.boxes import box_area, box_intersection
 from utils.nms import nms
 
 MERGE_MODES = ("nms", "nmm")
@@ -59,7 +59,7 @@ def merge_detections(det: torch.Tensor, mode: str = "nms", iou_thres: float = 0.
             continue
         box = det[i].clone()
         group = (~used) & (det[:, 5] == box[5])
-        inter = _intersection(box[:4], det[:, :4])
+        inter = box_intersection(box[None, :4], det[:, :4])[0]
         smaller = torch.minimum(box_area(box[None, :4]), box_area(det[:, :4])).clamp_min(1e-9)
         group &= inter / smaller >= merge_ios
         members = det[group]
@@ -68,9 +68,3 @@ def merge_detections(det: torch.Tensor, mode: str = "nms", iou_thres: float = 0.
         used |= group
         merged.append(box)
     return torch.stack(merged)
-
-
-def _intersection(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    lt = torch.maximum(box[:2], boxes[:, :2])
-    rb = torch.minimum(box[2:], boxes[:, 2:])
-    return (rb - lt).clamp(min=0).prod(1)
