@@ -142,13 +142,14 @@ class TiledPredictor(Predictor):
         """Detections (n, 6) [x1, y1, x2, y2, conf, cls] in the pixels of im0, from the whole image and its windows."""
         o = self.options
         windows = tile_windows(im0.shape[0], im0.shape[1], o.tile, o.tile_overlap)
+        windows = windows if len(windows) > 1 else []  # one window is the whole image: the first pass covers it
         t0 = time_sync()
         x, ratio_pad = self.preprocess(im0)
         t1 = time_sync()
         found = [self.postprocess(self.model(x), tuple(x.shape[2:]), im0.shape[:2], ratio_pad)]
         t2 = time_sync()
         pre, inf, post = t1 - t0, t2 - t1, 0.0
-        for i in range(0, len(windows) if len(windows) > 1 else 0, TILE_BATCH):
+        for i in range(0, len(windows), TILE_BATCH):
             group = windows[i:i + TILE_BATCH]
             t0 = time_sync()
             inputs = [self.preprocess(im0[y1:y2, x1:x2]) for x1, y1, x2, y2 in group]
