@@ -74,17 +74,24 @@ class Defect:
 # ---------------------------------------------------------------- rendering
 
 
-def render_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A grey rolled-steel surface: streaks along the rolling direction (x), grain, shading."""
+def render_background(rng: np.random.Generator, size: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A grey rolled-steel surface: streaks along the rolling direction (x), grain, shading.
+
+    `size` sets the texture's scale (an image of that side looks like NEU-DET's 200 px); `shape`
+    (h, w), default (size, size), the surface drawn, so a large canvas keeps the same grain.
+    """
+    h, w = shape or (size, size)
     base = rng.uniform(90.0, 170.0)
-    rows = cv2.GaussianBlur(rng.normal(0.0, 1.0, (size, 1)).astype(np.float32), (1, 0), 1.0)
-    along = 1.0 + 0.5 * cv2.resize(rng.normal(0.0, 1.0, (1, 4)).astype(np.float32), (size, 1),
+    rows = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, 1)).astype(np.float32), (1, 0), 1.0)
+    knots = max(4, round(4 * w / size))
+    along = 1.0 + 0.5 * cv2.resize(rng.normal(0.0, 1.0, (1, knots)).astype(np.float32), (w, 1),
                                    interpolation=cv2.INTER_CUBIC)
-    streaks = rows * along * rng.uniform(2.0, 5.0)  # (S, S) by broadcasting
-    grain = cv2.GaussianBlur(rng.normal(0.0, 1.0, (size, size)).astype(np.float32), (0, 0),
+    streaks = rows * along * rng.uniform(2.0, 5.0)  # (h, w) by broadcasting
+    grain = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0),
                              sigmaX=2.5 * size / 200, sigmaY=0.6 * size / 200)
     grain *= rng.uniform(2.5, 4.5) / max(float(grain.std()), 1e-6)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / h - 0.5, xx / w - 0.5
     gx, gy = rng.normal(0.0, 1.0, 2)
     shading = (gx * xx + gy * yy) * rng.uniform(0.0, 25.0)
     return base + streaks + grain + shading
@@ -152,19 +159,64 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
     return image, defects
 
 
+
+def render_large_sample(rng: np.random.Generator, size: int, canvas: tuple[int, int]) -> tuple[np.ndarray, list[Defect]]:
+    """One large grey image (h, w) uint8, canvas (w, h), whose defects are drawn at the scale of a size x size
+    image: what a factory camera's 2048 px frame of NEU-scale defects looks like (sliced inference, --tile).
+
+    A quarter to a half defect per size x size area; the rolling direction stays horizontal (a canvas need not
+    be square).
+    """
+    w, h = canvas
+    if w < size or h < size:
+        raise ValueError(f"synthetic dataset: canvas {w}x{h} must be at least size {size} on each side")
+    image = render_background(rng, size, (h, w))
+    defects: list[Defect] = []
+    most = max(1, round(w * h / size ** 2 / 2))
+    for k in range(int(rng.integers(max(1, most // 2), most + 1))):
+        cls = int(rng.integers(len(CLASS_NAMES)))
+        for _ in range(PLACEMENT_TRIES * (4 if k == 0 else 1)):
+            layer, box = draw_defect(cls, rng, size)
+            ox, oy = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+            if box is not None:
+                box = (box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy)
+                if not _overlaps(box, defects):
+                    break
+        else:
+            continue
+        faint = rng.random() < FAINT_SHARE
+        contrast = float(rng.uniform(*(FAINT_CONTRAST if faint else CLEAR_CONTRAST))) * CONTRAST_GAINS[cls]
+        image[oy:oy + size, ox:ox + size] += contrast * layer
+        painted = np.zeros((h, w), bool)
+        painted[oy:oy + size, ox:ox + size] = layer != 0
+        defects.append(Defect(cls, box, contrast, painted))
+    image += rng.normal(0.0, 1.5, image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), defects
+
 # ---------------------------------------------------------------- dataset on disk
 
 
-def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "detect") -> dict:
-    """The arguments a dataset was made with; `task` only when not "detect", so detection markers
-    (and datasets) made before segment labels existed still count as complete."""
+def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "detect",
+                 canvas: tuple[int, int] | None = None) -> dict:
+    """The arguments a dataset was made with; `task` only when not "detect" and `canvas` only when
+    given, so markers (and datasets) made before those options existed still count as complete."""
     for key, value, least in (("seed", seed, 0), ("size", size, 32), ("n_train", n_train, 0), ("n_val", n_val, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"synthetic dataset: {key}={value!r} must be an integer >= {least}")
     if task not in TASKS:
         raise ValueError(f"synthetic dataset: task={task!r} must be one of {', '.join(TASKS)}")
     args = {"generator": GENERATOR, "version": VERSION, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val}
-    return args if task == "detect" else {**args, "task": task}
+    if task != "detect":
+        args["task"] = task
+    if canvas is not None:
+        if (not isinstance(canvas, (list, tuple)) or len(canvas) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in canvas)):
+            raise ValueError(f"synthetic dataset: canvas={canvas!r} must be two integers [width, height]")
+        w, h = canvas
+        if min(w, h) < size:
+            raise ValueError(f"synthetic dataset: canvas {w}x{h} must be at least size {size} on each side")
+        args["canvas"] = [int(w), int(h)]
+    return args
 
 
 def _read_marker(root: Path) -> dict | None:
@@ -217,31 +269,33 @@ def _clear_previous(root: Path) -> None:
                     path.unlink()
 
 
-def _write_split(root: Path, split: str, n: int, seed: int, size: int, task: str) -> None:
+def _write_split(root: Path, split: str, n: int, seed: int, size: int, task: str,
+                 canvas: tuple[int, int] | None = None) -> None:
     for i in tqdm(range(n), desc=f"synthetic {split}", leave=False):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-        image, defects = render_sample(rng, size)
+        image, defects = render_large_sample(rng, size, canvas) if canvas else render_sample(rng, size)
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise RuntimeError(f"{root}: PNG encoding failed")
         if task == "segment":
             labels = segment_label_text((d.cls, d.polygon()) for d in defects)
         else:
-            labels = yolo_label_text(((d.cls, d.box) for d in defects), size, size)
+            labels = yolo_label_text(((d.cls, d.box) for d in defects), image.shape[1], image.shape[0])
         atomic_write_bytes(root / "images" / split / f"synth_{i:05d}.png", png.tobytes())
         atomic_write_text(root / "labels" / split / f"synth_{i:05d}.txt", labels)
 
 
 def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
-                     task: str = "detect", exist_ok: bool = False) -> Path:
+                     task: str = "detect", canvas: tuple[int, int] | None = None, exist_ok: bool = False) -> Path:
     """Write root/images/{train,val}/*.png, root/labels/{train,val}/*.txt, root/data.yaml, then the marker.
 
-    task "detect" writes box rows, "segment" polygon rows of the same images. Refuses a folder it
+    task "detect" writes box rows, "segment" polygon rows of the same images. canvas (w, h) makes
+    large images whose defects keep the scale of a size x size image (render_large_sample). Refuses a folder it
     did not make (even with exist_ok), and in its own folders a dataset made with other arguments
     or other files unless exist_ok; other files are never deleted.
     """
     root = Path(root)
-    args = _marker_args(seed, size, n_train, n_val, task)
+    args = _marker_args(seed, size, n_train, n_val, task, canvas)
     _check_ownership(root)
     _check_target(root, args, exist_ok)
     root.mkdir(parents=True, exist_ok=True)
@@ -250,25 +304,26 @@ def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int
     for split, n in (("train", n_train), ("val", n_val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        _write_split(root, split, n, seed, size, task)
+        _write_split(root, split, n, seed, size, task, canvas)
     data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val",
             "names": dict(enumerate(CLASS_NAMES))}
     atomic_write_text(root / "data.yaml", yaml.safe_dump(data, sort_keys=False))
     atomic_write_text(root / MARKER, json.dumps(args, indent=1))
-    LOGGER.info("%s: wrote %d train and %d val synthetic images (seed %d, %d px, %s labels)", root, n_train, n_val,
-                seed, size, task)
+    LOGGER.info("%s: wrote %d train and %d val synthetic images (seed %d, %d px%s, %s labels)", root, n_train, n_val,
+                seed, size, f" defects on {canvas[0]}x{canvas[1]}" if canvas else "", task)
     return root
 
 
 def ensure_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
-                   task: str = "detect") -> Path:
+                   task: str = "detect", canvas: tuple[int, int] | None = None) -> Path:
     """Generate the dataset unless a complete one with these arguments is already there."""
     root = Path(root)
-    if _read_marker(root) == _marker_args(seed, size, n_train, n_val, task):
+    if _read_marker(root) == _marker_args(seed, size, n_train, n_val, task, canvas):
         return root
     _check_ownership(root)
     LOGGER.info("%s: generating the synthetic defect dataset (first use or changed arguments)", root)
-    return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, task=task, exist_ok=True)
+    return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, task=task, canvas=canvas,
+                            exist_ok=True)
 
 
 # ---------------------------------------------------------------- picture
@@ -338,13 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=300, help="number of training images")
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
     parser.add_argument("--task", choices=TASKS, default="detect", help="label rows: boxes or polygons (segment)")
+    parser.add_argument("--canvas", type=int, nargs=2, metavar=("W", "H"),
+                        help="large W x H images with defects at --size scale (for sliced inference, --tile)")
     parser.add_argument("--exist-ok", action="store_true", help="replace a dataset made with other arguments")
     parser.add_argument("--samples-grid", type=Path, help="also write a JPEG grid of samples with their boxes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         generate_dataset(args.out, seed=args.seed, size=args.size, n_train=args.train, n_val=args.val,
-                         task=args.task, exist_ok=args.exist_ok)
+                         task=args.task, canvas=tuple(args.canvas) if args.canvas else None, exist_ok=args.exist_ok)
         if args.samples_grid:
             render_samples_grid(args.out, args.samples_grid)
     except (FileExistsError, FileNotFoundError, ValueError) as e:

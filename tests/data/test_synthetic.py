@@ -221,3 +221,43 @@ def test_segment_data_yaml_generates_through_the_loader(tmp_path: Path):
     assert len(cfg.splits["train"]) == 2
     rows = (tmp_path / "seg" / "labels" / "train" / "synth_00000.txt").read_text().splitlines()
     assert rows and all(len(r.split()) % 2 == 1 and len(r.split()) >= 7 for r in rows)
+
+
+def test_canvas_makes_large_frames_with_defects_at_the_size_scale(tmp_path: Path):
+    """--canvas 640 320: wide frames for sliced inference whose defects are as large, in pixels, as on a
+    --size image; boxes are normalised to the frame and stay tight around what was painted."""
+    root = generate_dataset(tmp_path / "large", seed=1, size=128, n_train=0, n_val=3, canvas=(640, 320))
+    sides = []
+    for path in sorted((root / "images" / "val").glob("*.png")):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (320, 640)
+        rows = [list(map(float, r.split())) for r in (root / "labels" / "val" / f"{path.stem}.txt").read_text().splitlines()]
+        assert len(rows) >= 2  # a quarter to a half defect per 128 px area: 3-6 here
+        sides += [max(w * 640, h * 320) for _, _, _, w, h in rows]
+    assert max(sides) <= 128 and min(sides) >= 0.08 * 128  # the size scale, not the frame's
+    assert json.loads((root / MARKER).read_text())["canvas"] == [640, 320]
+    rng = np.random.default_rng([1, 1, 0])
+    image, defects = synthetic.render_large_sample(rng, 128, (640, 320))
+    for d in defects:
+        ys, xs = np.nonzero(d.painted)
+        assert d.painted.shape == (320, 640) and d.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_canvas_is_checked_and_square_output_is_unchanged(tmp_path: Path, small: Path):
+    with pytest.raises(ValueError, match="at least size"):
+        generate_dataset(tmp_path / "a", size=128, n_train=0, n_val=1, canvas=(640, 100))
+    with pytest.raises(ValueError, match="two integers"):
+        generate_dataset(tmp_path / "b", size=128, n_train=0, n_val=1, canvas=(640.5, 320))
+    assert _digest(small) == DETECT_DIGEST and "canvas" not in json.loads((small / MARKER).read_text())
+
+
+def test_large_data_yaml_generates_through_the_loader(tmp_path: Path):
+    from utils.data_config import load_data_config
+
+    data = yaml.safe_load((REPO / "data" / "synth-large.yaml").read_text())
+    assert data["generate"]["canvas"] == [2048, 1024] and data["generate"]["size"] == 200
+    data["path"] = str(tmp_path / "large")
+    data["generate"].update(n_val=1, size=64, canvas=[256, 128])
+    (tmp_path / "large.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = load_data_config(tmp_path / "large.yaml")
+    assert cfg.splits["train"] == [] and cv2.imread(str(cfg.splits["val"][0])).shape[:2] == (128, 256)
