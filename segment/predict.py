@@ -8,7 +8,11 @@ segment rows (`class x1 y1 ... xn yn [conf]`, normalised polygons). Results go t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python segment/predict.py`, as YOLOv5 users type it: the repository root is importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detect import parse_opt, run
 from engine.plugins import load_plugins

@@ -10,8 +10,13 @@ normalised). Each epoch scores boxes and masks (fitness: both, as YOLOv5-seg). A
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python segment/train.py`, as YOLOv5 users type it: the repository root is importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
 
 from engine.plugins import add_plugin_flags, load_plugins
 from train import ROOT, add_train_flags, run_or_evolve, task_for

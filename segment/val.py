@@ -9,6 +9,12 @@ pycocotools' `segm` evaluation reads. Results go to runs/val-seg/exp<N>/.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python segment/val.py`, as YOLOv5 users type it: the repository root is importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from engine.plugins import load_plugins
 from engine.validator import ValResult
 from utils.cli import exit_on_user_error

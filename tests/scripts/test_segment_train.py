@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import asdict
 
 import pytest
@@ -33,3 +35,12 @@ def test_resuming_a_detection_run_is_refused_in_one_line(tmp_path, tiny_cfg):
     save_model(path, Model(tiny_cfg), train_opts=asdict(TrainOptions(task="detect")), epoch=0)
     with pytest.raises(SystemExit, match=r"error: .*last.pt: a 'detect' run; resume it with train.py$"):
         segment_train.main(["--resume", str(path), "--quiet"])
+
+
+@pytest.mark.parametrize("script", ["train", "val", "predict"])
+def test_segment_scripts_run_as_files_as_yolov5_users_type_them(script):
+    """`python segment/<script>.py` from the repository root finds the core, as `python -m segment.<script>`."""
+    proc = subprocess.run([sys.executable, f"segment/{script}.py", "--help"], cwd=segment_train.ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert f"segment.{script}" in proc.stdout
