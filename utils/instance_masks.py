@@ -17,13 +17,18 @@ MASK_THRESHOLD = 0.5  # on sigmoid(coefficients @ prototypes), as YOLOv5
 CHUNK_PIXELS = 2 ** 23  # masks are assembled a few at a time: at most this many float values at once
 
 
+def box_windows(xyxy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(n, h, w) bool: the pixels inside each of n (n, 4) boxes (pixel centres decide), an outer product of
+    a row and a column test, so no float map of that size is made."""
+    x1, y1, x2, y2 = xyxy[:, :, None].unbind(1)  # each (n, 1)
+    cx = torch.arange(w, device=xyxy.device, dtype=xyxy.dtype)[None] + 0.5
+    cy = torch.arange(h, device=xyxy.device, dtype=xyxy.dtype)[None] + 0.5
+    return ((cy >= y1) & (cy < y2))[:, :, None] & ((cx >= x1) & (cx < x2))[:, None, :]
+
+
 def crop_to_boxes(maps: torch.Tensor, xyxy: torch.Tensor) -> torch.Tensor:
     """(n, h, w) maps zeroed outside their (n, 4) boxes, in pixels of the maps (pixel centres decide)."""
-    _, h, w = maps.shape
-    x1, y1, x2, y2 = xyxy[:, :, None, None].unbind(1)  # each (n, 1, 1)
-    cx = torch.arange(w, device=maps.device, dtype=xyxy.dtype).view(1, 1, w) + 0.5
-    cy = torch.arange(h, device=maps.device, dtype=xyxy.dtype).view(1, h, 1) + 0.5
-    return maps * ((cx >= x1) & (cx < x2) & (cy >= y1) & (cy < y2))
+    return maps * box_windows(xyxy, maps.shape[1], maps.shape[2])
 
 
 def _sampling_grid(input_hw: tuple[int, int], original_hw: tuple[int, int],
@@ -63,5 +68,5 @@ def masks_in_image(protos: torch.Tensor, coefficients: torch.Tensor, boxes: torc
         logits = (coefficients[i:i + step].float() @ protos.float().flatten(1)).view(-1, 1, *protos.shape[1:])
         sampled = F.grid_sample(logits.transpose(0, 1), grid.float(), mode="bilinear", padding_mode="border",
                                 align_corners=False)[0]  # (k, h0, w0): each detection is a channel
-        out[i:i + step] = crop_to_boxes((sampled > threshold).float(), boxes[i:i + step].float()) > 0
+        out[i:i + step] = (sampled > threshold) & box_windows(boxes[i:i + step].float(), h0, w0)
     return out

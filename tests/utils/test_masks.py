@@ -14,7 +14,7 @@ import torch
 
 from utils.masks import (decode_rle_counts, encode_rle_counts, mask_iou, mask_to_rle, match_mask_predictions,
                          rle_to_mask)
-from utils.metrics import ap_per_class
+from utils.metrics import ap_per_class, match_iou
 
 IOUV = torch.linspace(0.5, 0.95, 10)  # the validator's thresholds
 H, W, NC = 48, 64, 3
@@ -179,3 +179,19 @@ def test_mask_iou_in_chunks_equals_the_whole(monkeypatch):
     whole = mask_iou(a, b)
     monkeypatch.setattr(masks_module, "IOU_CHUNK_VALUES", 2 * 600)  # two masks of 20 x 30 per chunk
     assert torch.allclose(mask_iou(a, b), whole) and mask_iou(a, b[:0]).shape == (3, 0)
+
+
+@pytest.mark.parametrize("strategy", ["conf", "iou"])
+def test_matching_only_same_class_pairs_equals_matching_on_every_pair(strategy: str):
+    """Validation computes mask IoU only within a class; the flags equal those from the full IoU matrix."""
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.randint(0, 40, (30, 2), generator=g)
+    masks = torch.zeros(30, 64, 64, dtype=torch.bool)
+    for k, (x, y) in enumerate(boxes.tolist()):
+        masks[k, y:y + 8 + k % 16, x:x + 10 + k % 12] = True
+    gt, pred = masks[:8], torch.cat([masks[:8], masks[8:], masks[:8].roll(2, 2)])  # hits, strays, near misses
+    gt_cls = torch.randint(0, 3, (8,), generator=g).float()
+    pred_cls = torch.cat([gt_cls, torch.randint(0, 3, (30,), generator=g).float()])
+    conf = torch.rand(len(pred), generator=g)
+    full = match_iou(mask_iou(gt, pred), gt_cls, pred_cls, conf, IOUV, strategy)
+    assert full.any() and torch.equal(match_mask_predictions(pred, conf, pred_cls, gt, gt_cls, IOUV, strategy), full)
