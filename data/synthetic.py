@@ -134,50 +134,18 @@ def _overlaps(box: tuple[int, int, int, int], others: list[Defect]) -> bool:
     return False
 
 
-def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Defect]]:
-    """One grey image (S, S) uint8 with 1-4 defects (overlapping at most MAX_OVERLAP), and their boxes."""
-    image = render_background(rng, size)
+def _paint_defects(image: np.ndarray, rng: np.random.Generator, size: int, count: int) -> tuple[np.ndarray, list[Defect]]:
+    """Up to `count` defects drawn as on a size x size image (overlapping at most MAX_OVERLAP), each placed
+    at a random offset when the float surface is larger, then sensor noise: the uint8 image and the defects."""
+    h, w = image.shape
     defects: list[Defect] = []
-    for k in range(int(rng.integers(1, 5))):
+    for k in range(count):
         cls = int(rng.integers(len(CLASS_NAMES)))
         tries = PLACEMENT_TRIES * (4 if k == 0 else 1)  # more for the first, so no image is empty
         for _ in range(tries):
             layer, box = draw_defect(cls, rng, size)
-            if box is not None and not _overlaps(box, defects):
-                break
-        else:
-            continue
-        faint = rng.random() < FAINT_SHARE
-        contrast = float(rng.uniform(*(FAINT_CONTRAST if faint else CLEAR_CONTRAST))) * CONTRAST_GAINS[cls]
-        image += contrast * layer
-        defects.append(Defect(cls, box, contrast, layer != 0))
-    image += rng.normal(0.0, 1.5, image.shape)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:  # rolling direction vertical: transpose pixels and boxes
-        image = np.ascontiguousarray(image.T)
-        defects = [Defect(d.cls, (d.box[1], d.box[0], d.box[3], d.box[2]), d.contrast, d.painted.T) for d in defects]
-    return image, defects
-
-
-
-def render_large_sample(rng: np.random.Generator, size: int, canvas: tuple[int, int]) -> tuple[np.ndarray, list[Defect]]:
-    """One large grey image (h, w) uint8, canvas (w, h), whose defects are drawn at the scale of a size x size
-    image: what a factory camera's 2048 px frame of NEU-scale defects looks like (sliced inference, --tile).
-
-    A quarter to a half defect per size x size area; the rolling direction stays horizontal (a canvas need not
-    be square).
-    """
-    w, h = canvas
-    if w < size or h < size:
-        raise ValueError(f"synthetic dataset: canvas {w}x{h} must be at least size {size} on each side")
-    image = render_background(rng, size, (h, w))
-    defects: list[Defect] = []
-    most = max(1, round(w * h / size ** 2 / 2))
-    for k in range(int(rng.integers(max(1, most // 2), most + 1))):
-        cls = int(rng.integers(len(CLASS_NAMES)))
-        for _ in range(PLACEMENT_TRIES * (4 if k == 0 else 1)):
-            layer, box = draw_defect(cls, rng, size)
-            ox, oy = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+            ox, oy = (0, 0) if (h, w) == (size, size) else (int(rng.integers(0, w - size + 1)),
+                                                            int(rng.integers(0, h - size + 1)))
             if box is not None:
                 box = (box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy)
                 if not _overlaps(box, defects):
@@ -192,6 +160,40 @@ def render_large_sample(rng: np.random.Generator, size: int, canvas: tuple[int, 
         defects.append(Defect(cls, box, contrast, painted))
     image += rng.normal(0.0, 1.5, image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), defects
+
+
+def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Defect]]:
+    """One grey image (S, S) uint8 with 1-4 defects (overlapping at most MAX_OVERLAP), and their boxes."""
+    image, defects = _paint_defects(render_background(rng, size), rng, size, int(rng.integers(1, 5)))
+    if rng.random() < 0.5:  # rolling direction vertical: transpose pixels and boxes
+        image = np.ascontiguousarray(image.T)
+        defects = [Defect(d.cls, (d.box[1], d.box[0], d.box[3], d.box[2]), d.contrast, d.painted.T) for d in defects]
+    return image, defects
+
+
+def _check_canvas(canvas, size: int) -> tuple[int, int]:
+    """(w, h) of a canvas given as two integers at least `size` each; a ValueError naming it otherwise."""
+    if (not isinstance(canvas, (list, tuple)) or len(canvas) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in canvas)):
+        raise ValueError(f"synthetic dataset: canvas={canvas!r} must be two integers [width, height]")
+    w, h = canvas
+    if min(w, h) < size:
+        raise ValueError(f"synthetic dataset: canvas {w}x{h} must be at least size {size} on each side")
+    return w, h
+
+
+def render_large_sample(rng: np.random.Generator, size: int, canvas: tuple[int, int]) -> tuple[np.ndarray, list[Defect]]:
+    """One large grey image (h, w) uint8, canvas (w, h), whose defects are drawn at the scale of a size x size
+    image: what a factory camera's 2048 px frame of NEU-scale defects looks like (sliced inference, --tile).
+
+    A quarter to a half defect per size x size area; the rolling direction stays horizontal (a canvas need not
+    be square).
+    """
+    w, h = _check_canvas(canvas, size)
+    most = max(1, round(w * h / size ** 2 / 2))
+    image = render_background(rng, size, (h, w))
+    return _paint_defects(image, rng, size, int(rng.integers(max(1, most // 2), most + 1)))
+
 
 # ---------------------------------------------------------------- dataset on disk
 
@@ -209,13 +211,7 @@ def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "de
     if task != "detect":
         args["task"] = task
     if canvas is not None:
-        if (not isinstance(canvas, (list, tuple)) or len(canvas) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in canvas)):
-            raise ValueError(f"synthetic dataset: canvas={canvas!r} must be two integers [width, height]")
-        w, h = canvas
-        if min(w, h) < size:
-            raise ValueError(f"synthetic dataset: canvas {w}x{h} must be at least size {size} on each side")
-        args["canvas"] = [int(w), int(h)]
+        args["canvas"] = list(_check_canvas(canvas, size))
     return args
 
 
