@@ -21,19 +21,19 @@ from PIL import Image
 from engine.predictor import PredictOptions
 from engine.validate import ValidationRun, load_eval_model, validate_tiled
 from engine.validator import ValOptions, ValResult
-from utils.data_config import load_data_config
+from utils.data_config import DataConfig, load_data_config
 from utils.logging import quieter
 from utils.torch_utils import select_device
 
 
-def score(model: torch.nn.Module, args: argparse.Namespace, tile: int) -> ValResult:
+def score(model: torch.nn.Module, data: DataConfig, args: argparse.Namespace, tile: int) -> ValResult:
     """val.py --tile's scoring of every val frame; a tile as large as the frame means the whole image only."""
     run = ValidationRun(args.weights, args.data, "val", args.imgsz, 1, workers=0)
     options = ValOptions(plots=False)
     tiling = PredictOptions(args.imgsz, options.conf_thres, options.iou_thres, tile=tile,
                             tile_overlap=args.tile_overlap, tile_merge=args.tile_merge)
     with quieter("engine.validator", "engine.validate"):
-        return validate_tiled(run, options, tiling, model, load_data_config(args.data))
+        return validate_tiled(run, options, tiling, model, data)
 
 
 def main(argv: list[str] | None = None) -> dict[str, ValResult]:
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> dict[str, ValResult]:
     data = load_data_config(args.data)
     model = load_eval_model(args.weights, select_device("cpu"))
     largest = max(max(h, w) for h, w in (read_shape(p) for p in data.images("val")))
-    results = {"whole image": score(model, args, largest), f"tiled ({args.tile} px)": score(model, args, args.tile)}
+    with torch.inference_mode():  # first-call set-up is not charged to whichever mode runs first
+        model(torch.zeros(1, 3, args.imgsz, args.imgsz))
+    results = {"whole image": score(model, data, args, largest),
+               f"tiled ({args.tile} px)": score(model, data, args, args.tile)}
     frames = next(iter(results.values())).seen
     print(f"\n{args.weights} on {frames} frames of {args.data} val (frames up to {largest} px); whole image at "
           f"{args.imgsz}; tiles {args.tile} px, overlap {args.tile_overlap}, merge {args.tile_merge}; "
