@@ -6,8 +6,10 @@ table prints without a repository. Training binds it: `bind_repository` rewrites
 repository's channels, timesteps, grids and decoder architecture (the YAML dict is what checkpoints
 keep, so a teacher rebuilds from it alone), and `load_repository_weights` copies the frozen decoders
 in. Rows are found by the role their block declares (blocks.py), each block rewriting its own args.
-The model's side inputs meet the repository's levels by stride (8/16/32 = P3/P4/P5), which binding
-makes consistent.
+A SideInput row meets its repository level through the FeatureMapper that reads it. Its stride is the
+grid the dataloader warps the latents to: the level's detector stride (8/16/32 = P3/P4/P5, the
+default) or a divisor of it, a finer grid on which the decoder runs before fusion resizes to the
+detector's (the DDPM's own grid, e.g. stride 4/8/16 for ddpm-cpu's 40/20/10 taps at 160 px).
 """
 
 from __future__ import annotations
@@ -124,11 +126,20 @@ def bind_levels(cfg: dict, levels: list[LevelBinding], what: str) -> dict:
         if src is None or not 0 <= src < i or not is_side_input(rows[src][2]):
             raise ModelConfigError(f"{where} must read a SideInput row (its 'from' names layer {src})")
         side = rows[src][2]
-        side[3] = [side[3][0], mapper.side_input_channels(row[3]), bound.stride]
+        side[3] = [side[3][0], mapper.side_input_channels(row[3]), _grid_stride(side[3], bound.stride, where)]
         for k, (_, _, other) in enumerate(rows):
             if k > i and row_role(other) == "filter" and _single_from(other, k) == i:
                 other[3] = row_block(other).bind_args(other[3], bound)
     return cfg
+
+
+def _grid_stride(side_args: list, level_stride: int, where: str) -> int:
+    """The SideInput's stride kept when it divides the level's (a finer grid), else the level's own."""
+    stride = side_args[2] if len(side_args) > 2 else level_stride
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or level_stride % stride:
+        raise ModelConfigError(f"{where} reads a SideInput of stride {stride!r}; it must divide the level's "
+                               f"stride {level_stride} (the detector grid, or a finer one such as the DDPM's own)")
+    return stride
 
 
 def load_repository_weights(model: nn.Module, repo: LatentRepository) -> nn.Module:
@@ -168,17 +179,34 @@ def side_inputs_of_yaml(model_yaml: dict) -> dict[str, tuple[int, int]]:
             for _, _, r in yaml_rows(model_yaml) if is_side_input(r)}
 
 
-def levels_by_stride(side_inputs: dict[str, tuple[int, int]], repo: LatentRepository) -> dict[str, int]:
-    """{side input name: repository level}: the level whose stride the side input names, channels checked."""
+def side_input_levels(model_yaml: dict) -> dict[str, int]:
+    """{SideInput name: the repository level its FeatureMapper decodes}, whatever grid the latents are warped to."""
+    rows = yaml_rows(model_yaml)
+    out = {}
+    for i, (_, _, row) in enumerate(rows):
+        src = _single_from(row, i) if row_role(row) == "mapper" else None
+        if src is not None and 0 <= src < i and is_side_input(rows[src][2]):
+            out[str(rows[src][2][3][0])] = row_block(row).level_of(row[3])
+    return out
+
+
+def levels_by_stride(side_inputs: dict[str, tuple[int, int]], repo: LatentRepository,
+                     levels: dict[str, int] | None = None) -> dict[str, int]:
+    """{side input name: repository level}, channels checked: `levels` (side_input_levels of the model's YAML)
+    where given, else the level whose detector stride the side input names (8/16/32)."""
     by_stride = {lv.stride_hint: i for i, lv in enumerate(repo.levels)}
     n_t, out = len(repo.timesteps), {}
     for name, (channels, stride) in side_inputs.items():
-        if stride not in by_stride:
+        level = (levels or {}).get(name, by_stride.get(stride))
+        if level is None:
             raise ValueError(f"{repo.root}: the model's side input {name!r} has stride {stride}; the repository's "
                              f"levels have strides {sorted(by_stride)}")
-        lv = repo.levels[by_stride[stride]]
+        if not 0 <= level < len(repo.levels):
+            raise ValueError(f"{repo.root}: the model's side input {name!r} reads level {level}; the repository "
+                             f"has {len(repo.levels)}")
+        lv = repo.levels[level]
         if channels != n_t * lv.channels_latent:
             raise ValueError(f"{repo.root}: the model's side input {name!r} takes {channels} channels, level {lv.name} "
                              f"holds {n_t} x {lv.channels_latent}; the model was bound to another repository")
-        out[name] = by_stride[stride]
+        out[name] = level
     return out

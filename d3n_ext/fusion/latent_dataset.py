@@ -23,12 +23,13 @@ from utils.files import file_hash
 
 
 class LatentDataset(LoadImagesAndLabels):
-    """`side_inputs` {name: (channels, stride)} is the model's (Model.side_inputs); the rest as the base class."""
+    """`side_inputs` {name: (channels, stride)} is the model's (Model.side_inputs) and `levels` {name: repository
+    level} its YAML's (binding.side_input_levels; without it, levels by detector stride); the rest as the base class."""
 
     def __init__(self, img_files: list[Path], *, repository: LatentRepository | str | Path,
-                 side_inputs: dict[str, tuple[int, int]], **kwargs) -> None:
+                 side_inputs: dict[str, tuple[int, int]], levels: dict[str, int] | None = None, **kwargs) -> None:
         self.repository = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
-        self.level_of = levels_by_stride(side_inputs, self.repository)  # name -> repository level
+        self.level_of = levels_by_stride(side_inputs, self.repository, levels)  # name -> repository level
         self.extra_strides = {name: stride for name, (_, stride) in side_inputs.items()}
         super().__init__(img_files, **kwargs)
         self.keys = self._repository_keys()

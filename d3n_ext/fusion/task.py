@@ -60,7 +60,7 @@ class D3NTask(DetectionTask):
         return model
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
-        return {"repository": self.repo, "side_inputs": de_parallel(model).side_inputs}
+        return {"repository": self.repo, **RepositoryInputs.dataset_inputs(de_parallel(model))}
 
     def epoch_log(self, model: torch.nn.Module) -> dict[str, float]:
         """softmax(α) of every fusion block, one column per branch (Fig. 11)."""

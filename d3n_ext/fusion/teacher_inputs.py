@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d3n_ext.fusion.binding import check_bound_to, levels_by_stride
+from d3n_ext.fusion.binding import check_bound_to, levels_by_stride, side_input_levels
 from d3n_ext.fusion.latent_dataset import LatentDataset, LatentMaskDataset
 from d3n_ext.stage1.features import OnlineLatentEncoder
 from d3n_ext.stage1.repository import LatentRepository
@@ -32,9 +32,9 @@ class TeacherSideInputs:
     """Predictor's side_fn: (path, image_bgr, input_hw) -> {name: (1, T·C, H/s, W/s) latents} on `device`."""
 
     def __init__(self, repository: LatentRepository | str | Path, side_inputs: dict[str, tuple[int, int]],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", levels: dict[str, int] | None = None):
         self.repo = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
-        self.level_of = levels_by_stride(side_inputs, self.repo)
+        self.level_of = levels_by_stride(side_inputs, self.repo, levels)
         self.strides = {name: stride for name, (_, stride) in side_inputs.items()}
         self.device = torch.device(device)
         self.encoder: OnlineLatentEncoder | None = None  # built on the first image the repository lacks
@@ -103,11 +103,17 @@ class RepositoryInputs(SideInputs):
         """Latents with box labels, or with polygons and masks for a segmentation teacher (Segment head)."""
         self.check_model(model, source)
         return (LatentMaskDataset if model.nm else LatentDataset), {"repository": self.repo,
-                                                                      "side_inputs": model.side_inputs}
+                                                                      **self.dataset_inputs(model)}
+
+    @staticmethod
+    def dataset_inputs(model: torch.nn.Module) -> dict:
+        """The latent dataset's `side_inputs` and `levels` for a built teacher."""
+        return {"side_inputs": model.side_inputs, "levels": side_input_levels(getattr(model, "yaml", None) or {})}
 
     def frame_inputs(self, model: torch.nn.Module, device: torch.device) -> FrameInputs:
         self.check_model(model, str(getattr(model, "path", "model")))
-        return TeacherSideInputs(self.repo, model.side_inputs, device)
+        inputs = self.dataset_inputs(model)
+        return TeacherSideInputs(self.repo, inputs["side_inputs"], device, inputs["levels"])
 
     def describe(self) -> str:
         return f"feature repository {self.repo.root}"
