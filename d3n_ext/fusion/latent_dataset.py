@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from d3n_ext.fusion.binding import levels_by_stride
+from d3n_ext.fusion.binding import match_levels
 from d3n_ext.stage1.repository import LatentRepository, RepositoryError
 from utils.dataloaders import LoadImagesAndLabels
 from utils.segment_dataset import LoadImagesAndMasks
@@ -29,7 +29,7 @@ class LatentDataset(LoadImagesAndLabels):
     def __init__(self, img_files: list[Path], *, repository: LatentRepository | str | Path,
                  side_inputs: dict[str, tuple[int, int]], levels: dict[str, int] | None = None, **kwargs) -> None:
         self.repository = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
-        self.level_of = levels_by_stride(side_inputs, self.repository, levels)  # name -> repository level
+        self.level_of = match_levels(side_inputs, self.repository, levels)  # name -> repository level
         self.extra_strides = {name: stride for name, (_, stride) in side_inputs.items()}
         super().__init__(img_files, **kwargs)
         self.keys = self._repository_keys()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d3n_ext.fusion.binding import check_bound_to, levels_by_stride, side_input_levels
+from d3n_ext.fusion.binding import check_bound_to, match_levels, side_input_levels
 from d3n_ext.fusion.latent_dataset import LatentDataset, LatentMaskDataset
 from d3n_ext.stage1.features import OnlineLatentEncoder
 from d3n_ext.stage1.repository import LatentRepository
@@ -34,7 +34,7 @@ class TeacherSideInputs:
     def __init__(self, repository: LatentRepository | str | Path, side_inputs: dict[str, tuple[int, int]],
                  device: torch.device | str = "cpu", levels: dict[str, int] | None = None):
         self.repo = repository if isinstance(repository, LatentRepository) else LatentRepository(repository)
-        self.level_of = levels_by_stride(side_inputs, self.repo, levels)
+        self.level_of = match_levels(side_inputs, self.repo, levels)
         self.strides = {name: stride for name, (_, stride) in side_inputs.items()}
         self.device = torch.device(device)
         self.encoder: OnlineLatentEncoder | None = None  # built on the first image the repository lacks
