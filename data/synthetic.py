@@ -134,7 +134,8 @@ def _overlaps(box: tuple[int, int, int, int], others: list[Defect]) -> bool:
     return False
 
 
-def _paint_defects(image: np.ndarray, rng: np.random.Generator, size: int, count: int) -> tuple[np.ndarray, list[Defect]]:
+def _paint_defects(image: np.ndarray, rng: np.random.Generator, size: int,
+                   count: int) -> tuple[np.ndarray, list[Defect]]:
     """Up to `count` defects drawn as on a size x size image (overlapping at most MAX_OVERLAP), each placed
     at a random offset when the float surface is larger, then sensor noise: the uint8 image and the defects."""
     h, w = image.shape

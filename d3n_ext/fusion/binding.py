@@ -191,7 +191,7 @@ def side_input_levels(model_yaml: dict) -> dict[str, int]:
 
 
 def match_levels(side_inputs: dict[str, tuple[int, int]], repo: LatentRepository,
-                     levels: dict[str, int] | None = None) -> dict[str, int]:
+                 levels: dict[str, int] | None = None) -> dict[str, int]:
     """{side input name: repository level}, channels checked: `levels` (side_input_levels of the model's YAML)
     where given, else the level whose detector stride the side input names (8/16/32)."""
     by_stride = {lv.stride_hint: i for i, lv in enumerate(repo.levels)}

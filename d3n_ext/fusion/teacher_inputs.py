@@ -112,8 +112,7 @@ class RepositoryInputs(SideInputs):
 
     def frame_inputs(self, model: torch.nn.Module, device: torch.device) -> FrameInputs:
         self.check_model(model, str(getattr(model, "path", "model")))
-        inputs = self.dataset_inputs(model)
-        return TeacherSideInputs(self.repo, inputs["side_inputs"], device, inputs["levels"])
+        return TeacherSideInputs(self.repo, device=device, **self.dataset_inputs(model))
 
     def describe(self) -> str:
         return f"feature repository {self.repo.root}"
