@@ -14,6 +14,9 @@ the class). Sources: `ddpm-decoded` (the repository latents decoded: what the te
 untrained), `image-pooled` (grey level per cell) and `image-patches` (the cell's k×k grey pixels).
 Per level, the summary names the best DDPM row and its margin over the best control in defect AP: compare
 runs on stage-1 folders of other presets, training lengths or timesteps to choose them.
+`--detector WEIGHTS` (a trained plain YOLOv5, e.g. the pipeline's baseline/weights/best.pt) adds two
+references: `detector` (its own neck maps) and `detector+ddpm` (those maps with the decoded DDPM features
+beside them); the summary then says how much the DDPM adds to what the detector already knows.
 Writes probe.md and probe.json under --out (runs/probe/exp, exp2, ...).
 """
 
@@ -31,7 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from d3n_ext.experiments.probe_data import CONTROLS, SOURCES, FeatureSource, cell_targets, open_sources, read_boxes
+from d3n_ext.experiments.probe_data import (CONTROLS, REFERENCES, SOURCES, FeatureSource, cell_targets, open_sources,
+                                            read_boxes)
 from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores,
                                            standardise)
 from d3n_ext.stage1.checkpoints import LEVEL_NAMES
@@ -62,6 +66,8 @@ class ProbeOptions:
     max_train_cells: int = 40_000  # per level, sampled over the train images (defect cells first)
     max_eval_cells: int = 100_000  # per level, drawn uniformly over the scored images
     patch: int = 8  # image-patches: k×k grey pixels per cell
+    detector: str = ""  # a trained plain YOLOv5: adds the `detector` and `detector+ddpm` references
+    detector_imgsz: int = 0  # its input size (0: the size it was trained at)
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # epochs, lr, seed (also the random UNet's)
     quiet: bool = False
 
@@ -134,7 +140,8 @@ def probe_source(source: FeatureSource, level: int, train: SplitCells, scored: S
         x = standardise(x_train[:, ts], mean, std).to(device)
         probe = fit_linear_probe(x, y_train, nc + 1, settings)
         probs = predict(probe, standardise(x_eval[:, ts], mean, std).to(device))
-        rows.append({"source": source.name, "control": source.name in CONTROLS, "level": LEVEL_NAMES[level],
+        rows.append({"source": source.name, "control": source.name in CONTROLS,
+                     "reference": source.name in REFERENCES, "level": LEVEL_NAMES[level],
                      "timestep": label, "channels": x.shape[1], **probe_scores(probs, scored.targets[level], nc)})
     return rows
 
@@ -150,7 +157,7 @@ def _describe(row: dict) -> str:
 
 def level_summary(rows: list[dict], level: str) -> str:
     """Which source is best on a level, and by how much its DDPM features beat the best control (by RANK_BY)."""
-    ours = [r for r in rows if r["level"] == level and not r["control"]]
+    ours = [r for r in rows if r["level"] == level and not r["control"] and not r.get("reference")]
     controls = [r for r in rows if r["level"] == level and r["control"]]
     if not ours or not controls:
         return f"{level}: best {_describe(max(ours or controls, key=_rank))}"
@@ -158,6 +165,16 @@ def level_summary(rows: list[dict], level: str) -> str:
     leader = "DDPM features" if _rank(best) > _rank(control) else "a control"
     return (f"{level}: {leader} best; DDPM {_describe(best)} is {best[RANK_BY] - control[RANK_BY]:+.3f} {RANK_BY} "
             f"over the best control, {_describe(control)}")
+
+
+def reference_summary(rows: list[dict], level: str) -> str | None:
+    """What the DDPM adds to a trained detector's own maps on a level, in every metric (None without both references)."""
+    found = {r["source"]: r for r in rows if r["level"] == level and r.get("reference")}
+    if set(found) != set(REFERENCES):
+        return None
+    alone, joined = found["detector"], found["detector+ddpm"]
+    gains = ", ".join(f"{m} {joined[m] - alone[m]:+.3f}" for m in (RANK_BY, *(m for m in METRICS if m != RANK_BY)))
+    return f"{level}: DDPM features beside the detector's maps: {gains} (detector alone: {_describe(alone)})"
 
 
 def format_report(result: dict) -> str:
@@ -169,9 +186,16 @@ def format_report(result: dict) -> str:
     lines += [f"- {lv['name']} {lv['grid'][0]}×{lv['grid'][1]}: {lv['train_cells']} train / {lv['eval_cells']} scored"
               f" cells, defect share {lv['defect_share']:.3f} (the chance defect AP)" for lv in result["levels"]]
     lines += ["", "| source | level | t | channels | mIoU | cell AP | defect AP |", "|---|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['source']}{' (control)' if r['control'] else ''} | {r['level']} | {r['timestep']} | {r['channels']}"
+    lines += [f"| {r['source']}{_role(r)} | {r['level']} | {r['timestep']} | {r['channels']}"
               f" | {r['mIoU']:.3f} | {r['cell AP']:.3f} | {r['defect AP']:.3f} |" for r in result["rows"]]
-    return "\n".join(lines + ["", f"Best per level by {RANK_BY}:", *result["summary"], ""])
+    lines += ["", f"Best per level by {RANK_BY}:", *result["summary"]]
+    if result.get("reference_summary"):
+        lines += ["", "What the DDPM adds to the trained detector (detector+ddpm − detector):", *result["reference_summary"]]
+    return "\n".join(lines + [""])
+
+
+def _role(row: dict) -> str:
+    return " (control)" if row["control"] else " (reference)" if row.get("reference") else ""
 
 
 def split_inputs(data: DataConfig, split: str, repo: LatentRepository,
@@ -204,8 +228,8 @@ def run(o: ProbeOptions) -> dict:
     if o.split not in ("val", "test"):
         raise ValueError(f"--split {o.split!r}: expected 'val' or 'test' (the probes are fitted on 'train')")
     device = select_device(o.device)
-    sources = open_sources(repo, o.sources, device, o.probe.seed, o.patch)
-    check_repo = any(s.name == "ddpm-decoded" for s in sources)
+    sources = open_sources(repo, o.sources, device, o.probe.seed, o.patch, o.detector, o.detector_imgsz)
+    check_repo = any(s.name in ("ddpm-decoded", "detector+ddpm") for s in sources)
     train_paths, train_boxes = split_inputs(data, "train", repo, check_repo)
     eval_paths, eval_boxes = split_inputs(data, o.split, repo, check_repo)
     out = increment_path(o.out, exist_ok=o.exist_ok, mkdir=True)
@@ -222,9 +246,11 @@ def run(o: ProbeOptions) -> dict:
               for i, hw in enumerate(grids)]
     result = {"repo": str(repo.root), "data": str(data.yaml_path), "split": o.split, "names": data.names,
               "train_images": len(train_paths), "eval_images": len(eval_paths), "levels": levels,
-              "settings": {"sources": [s.name for s in sources], "patch": o.patch, "max_train_cells": o.max_train_cells,
+              "settings": {"sources": [s.name for s in sources], "patch": o.patch, "detector": o.detector,
+                           "detector_imgsz": o.detector_imgsz, "max_train_cells": o.max_train_cells,
                            "max_eval_cells": o.max_eval_cells, "probe": asdict(o.probe), "rank_by": RANK_BY},
               "rows": rows, "summary": [level_summary(rows, lv["name"]) for lv in levels],
+              "reference_summary": [t for lv in levels if (t := reference_summary(rows, lv["name"]))],
               "seconds": {"features": round(t1 - t0, 1), "probes": round(time.time() - t1, 1)}}
     text = format_report(result)
     atomic_write_text(out / "probe.md", text)
@@ -241,7 +267,11 @@ def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--out", default="runs/probe/exp", help="results folder (exp, exp2, ... unless --exist-ok)")
     ap.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
-    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES, help="feature sources to probe")
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES + REFERENCES,
+                    help="feature sources to probe (the references need --detector)")
+    ap.add_argument("--detector", default="", help="a trained plain YOLOv5 (.pt): adds the detector and "
+                    "detector+ddpm references (what the DDPM adds to what the detector knows)")
+    ap.add_argument("--detector-imgsz", type=int, default=0, help="the detector's input size (0: its training size)")
     ap.add_argument("--device", default="", help="'' (auto), cpu, 0, ...")
     ap.add_argument("--batch-size", type=int, default=16, help="images per feature-extraction batch")
     ap.add_argument("--max-train-cells", type=int, default=40_000, help="train cells per level (defect cells first)")
@@ -254,7 +284,7 @@ def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
     a = ap.parse_args(argv)
     settings = ProbeSettings(epochs=a.epochs, lr=a.lr, seed=a.seed)
     return ProbeOptions(a.repo, a.data, a.split, a.out, a.exist_ok, a.sources, a.device, a.batch_size,
-                        a.max_train_cells, a.max_eval_cells, a.patch, settings, a.quiet)
+                        a.max_train_cells, a.max_eval_cells, a.patch, a.detector, a.detector_imgsz, settings, a.quiet)
 
 
 def main(argv: list[str] | None = None) -> dict:

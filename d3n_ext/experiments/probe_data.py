@@ -1,8 +1,8 @@
-"""What the feature probe reads: per-cell class maps from the YOLO boxes, and features from five sources.
+"""What the feature probe reads: per-cell class maps from the YOLO boxes, and features from its sources.
 
 Every source maps a batch of images to one (B, T, C, h, w) float32 tensor per level (P3, P4, P5), on
 the grids the repository stores, each grid spanning the whole stretched image. T is the repository's
-timesteps for the UNet sources and 1 for the two raw-pixel controls.
+timesteps for the UNet sources and 1 for the raw-pixel controls and the detector references.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from d3n_ext.distill import DetectInputs
 from d3n_ext.stage1.checkpoints import load_ddpm
 from d3n_ext.stage1.config import FeatureConfig
 from d3n_ext.stage1.features import DDPMFeatureExtractor, load_feature_decoders
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.unet import UNet, UNetConfig
+from models.loading import build_from_checkpoint
+from utils.augmentations import stretch
+from utils.checkpoints import load_checkpoint
 from utils.data_config import DataConfigError, img2label_paths
 from utils.dataloaders import log_scan_summary, scan_labels
 
@@ -28,7 +33,9 @@ LOGGER = logging.getLogger(__name__)
 
 SOURCES = ("ddpm-decoded", "ddpm-raw", "random-unet", "image-pooled", "image-patches")
 CONTROLS = ("random-unet", "image-pooled", "image-patches")
+REFERENCES = ("detector", "detector+ddpm")  # with --detector: what a trained detector already knows
 NO_TIMESTEP = "-"
+ALL_TIMESTEPS = "all"
 
 
 def read_boxes(image_paths: list[Path], nc: int, split: str) -> tuple[list[Path], list[np.ndarray]]:
@@ -151,12 +158,65 @@ class ImageGrid:
                 for hw in self.grids]
 
 
+class DetectorMaps:
+    """`detector`: a trained plain YOLOv5's neck maps (what its Detect reads), bilinearly resized to the repository grids.
+
+    A reference, not a control: a detector trained on the boxes knows where they are. What the probe
+    asks of it is the margin `detector+ddpm` − `detector`: whether the DDPM's features hold anything the
+    detector has not learnt itself, which is all a fusion block can add. Images are stretched to the
+    detector's training size, as the letterbox-free teacher sees them, so each map covers the whole image.
+    """
+
+    name = "detector"
+    timesteps = [NO_TIMESTEP]
+
+    def __init__(self, weights: str | Path, grids: list[tuple[int, int]], device: torch.device, imgsz: int = 0):
+        ckpt = load_checkpoint(weights, expect="detector")
+        self.model = build_from_checkpoint(ckpt, weights).to(device).eval().requires_grad_(False)
+        if self.model.side_inputs:
+            raise ValueError(f"{weights}: a hybrid detector (it reads {', '.join(self.model.side_inputs)}); "
+                             "the probe's reference is a plain YOLOv5, e.g. the pipeline's baseline/weights/best.pt")
+        self.imgsz = imgsz or int((ckpt.get("train_opts") or {}).get("imgsz", 0))
+        if self.imgsz <= 0 or self.imgsz % int(self.model.stride.max()):
+            raise ValueError(f"{weights}: records no usable training size ({self.imgsz}); pass --detector-imgsz "
+                             f"(a multiple of {int(self.model.stride.max())})")
+        self.grids, self.device = grids, device
+        self.inputs = DetectInputs(self.model.detect)
+
+    @torch.no_grad()
+    def __call__(self, paths: list[Path], images: list[np.ndarray]) -> list[torch.Tensor]:
+        batch = np.stack([stretch(im, (self.imgsz, self.imgsz))[0][..., ::-1].transpose(2, 0, 1) for im in images])
+        self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).float() / 255.0)
+        return [F.interpolate(m.float(), size=hw, mode="bilinear", align_corners=False)[:, None]
+                for m, hw in zip(self.inputs.maps, self.grids)]
+
+
+class JoinedSource:
+    """`detector+ddpm`: the detector's maps and the decoded DDPM features of every timestep, side by side per cell."""
+
+    name = "detector+ddpm"
+    timesteps = [ALL_TIMESTEPS]
+
+    def __init__(self, detector: DetectorMaps, ddpm: DecodedLatents):
+        self.detector, self.ddpm = detector, ddpm
+
+    def __call__(self, paths: list[Path], images: list[np.ndarray]) -> list[torch.Tensor]:
+        return [torch.cat([d.flatten(1, 2), f.flatten(1, 2)], 1)[:, None]
+                for d, f in zip(self.detector(paths, images), self.ddpm(paths, images))]
+
+
 def open_sources(repo: LatentRepository, names: list[str], device: torch.device, seed: int,
-                 patch: int) -> list[FeatureSource]:
-    """The requested sources, in SOURCES order, built from the repository's own weights and settings."""
-    unknown = sorted(set(names) - set(SOURCES))
+                 patch: int, detector: str = "", detector_imgsz: int = 0) -> list[FeatureSource]:
+    """The requested sources, in SOURCES order, built from the repository's own weights and settings.
+
+    With a `detector` checkpoint the REFERENCES follow them: those named in `names`, or both.
+    """
+    unknown = sorted(set(names) - set(SOURCES) - set(REFERENCES))
     if unknown:
-        raise ValueError(f"--sources {' '.join(unknown)}: expected some of {', '.join(SOURCES)}")
+        raise ValueError(f"--sources {' '.join(unknown)}: expected some of {', '.join(SOURCES + REFERENCES)}")
+    if any(n in REFERENCES for n in names) and not detector:
+        raise ValueError(f"--sources {' '.join(n for n in names if n in REFERENCES)}: needs --detector WEIGHTS "
+                         "(a trained plain YOLOv5)")
     unet, diffusion, _ = load_ddpm(repo.weight_file("ddpm"), device)
     features = FeatureConfig(**repo.manifest["features"])
     grids = [lv.hw for lv in repo.levels]
@@ -170,4 +230,10 @@ def open_sources(repo: LatentRepository, names: list[str], device: torch.device,
         "image-pooled": lambda: ImageGrid("image-pooled", grids, 1),
         "image-patches": lambda: ImageGrid("image-patches", grids, patch),
     }
-    return [make[name]() for name in SOURCES if name in names]
+    sources = [make[name]() for name in SOURCES if name in names]
+    if detector:
+        wanted = [n for n in REFERENCES if n in names] or list(REFERENCES)
+        maps = DetectorMaps(detector, grids, device, detector_imgsz)
+        sources += [maps] if "detector" in wanted else []
+        sources += [JoinedSource(maps, DecodedLatents(repo, device))] if "detector+ddpm" in wanted else []
+    return sources

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from d3n_ext.distill import DetectInputs
 from d3n_ext.experiments.probe import main
-from d3n_ext.experiments.probe_data import SOURCES, ImageGrid, cell_targets
+from d3n_ext.experiments.probe_data import SOURCES, DecodedLatents, DetectorMaps, ImageGrid, JoinedSource, cell_targets
 from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores,
                                            standardise)
+from d3n_ext.stage1.features import read_image
+from d3n_ext.stage1.repository import LatentRepository
+from models.loading import save_model
+from models.yolo import Model
 from tests.d3n_ext.stage1_fixtures import one_thread, repo_copy, stage1_run  # noqa: F401 (fixtures)
+from utils.augmentations import stretch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,4 +111,60 @@ def test_user_errors_are_one_line_naming_the_path(case, stage1_run, repo_copy, t
         main(["--repo", str(repo), "--data", str(data), "--out", str(tmp_path / "probe"), "--device", "cpu", "--quiet"])
     message = str(e.value)
     assert message.startswith("error: ") and "\n" not in message and str(named) in message, message
+    assert not (tmp_path / "probe").exists()
+
+
+def _plain_detector(path, imgsz=64, record_size=True):
+    """A (random-weight) plain yolov5n checkpoint: the probe's reference needs its maps, not its skill."""
+    torch.manual_seed(0)
+    model = Model("yolov5n.yaml", nc=1).eval()
+    save_model(path, model, **({"train_opts": {"imgsz": imgsz}} if record_size else {}))
+    return model
+
+
+def test_the_detector_reference_is_its_neck_maps_and_the_joined_one_puts_the_ddpm_beside_them(stage1_run, tmp_path):
+    model = _plain_detector(tmp_path / "det.pt")
+    repo = LatentRepository(stage1_run["out"])
+    paths = sorted((stage1_run["data"].parent / "images" / "train").glob("*.png"))[:2]
+    images = [read_image(p) for p in paths]
+    grids = [(8, 8), (4, 4), (2, 2)]  # a 64-px yolov5n's own P3/P4/P5 grids: the resize is the identity
+    maps = DetectorMaps(tmp_path / "det.pt", grids, torch.device("cpu"))
+    seen = DetectInputs(model.detect)
+    x = torch.from_numpy(np.stack([stretch(im, (64, 64))[0][..., ::-1].transpose(2, 0, 1) for im in images]).copy())
+    model(x.float() / 255.0)
+    got = maps(paths, images)
+    assert [tuple(g.shape) for g in got] == [(2, 1, c, *hw) for c, hw in zip((64, 128, 256), grids)]
+    assert all(torch.allclose(g[:, 0], s) for g, s in zip(got, seen.maps))
+
+    decoded = DecodedLatents(repo, torch.device("cpu"))
+    joined = JoinedSource(DetectorMaps(tmp_path / "det.pt", [lv.hw for lv in repo.levels], torch.device("cpu")),
+                          decoded)(paths, images)
+    for j, d in zip(joined, decoded(paths, images)):
+        assert j.shape[1] == 1 and torch.equal(j[:, 0, -d.shape[1] * d.shape[2]:], d.flatten(1, 2))
+
+
+def test_cli_with_a_detector_adds_both_references_and_says_what_the_ddpm_adds(stage1_run, tmp_path):
+    _plain_detector(tmp_path / "det.pt")
+    args = ["--repo", str(stage1_run["out"]), "--data", str(_labelled_copy(stage1_run, tmp_path)), "--out",
+            str(tmp_path / "probe"), "--device", "cpu", "--epochs", "2", "--quiet", "--detector", str(tmp_path / "det.pt"),
+            "--sources", "ddpm-decoded", "image-pooled"]
+    result = main(args)
+    rows = {(r["source"], r["level"], r["timestep"]): r for r in result["rows"]}
+    for level, width in zip(("P3", "P4", "P5"), (64, 128, 256)):
+        assert rows[("detector", level, "-")]["channels"] == width and rows[("detector", level, "-")]["reference"]
+        assert rows[("detector+ddpm", level, "all")]["channels"] == width + rows[("ddpm-decoded", level, "all")]["channels"]
+    assert len(result["reference_summary"]) == 3 and result["text"].count("(reference)") == 6
+    assert result["text"].count("over the best control") == 3  # the references never pose as our DDPM rows
+
+
+@pytest.mark.parametrize("case", ["no size", "no weights"])
+def test_a_detector_reference_without_what_it_needs_is_a_one_line_error(case, stage1_run, tmp_path):
+    _plain_detector(tmp_path / "det.pt", record_size=False)
+    extra = ["--detector", str(tmp_path / "det.pt")] if case == "no size" else ["--sources", "detector"]
+    with pytest.raises(SystemExit) as e:
+        main(["--repo", str(stage1_run["out"]), "--data", str(_labelled_copy(stage1_run, tmp_path)),
+              "--out", str(tmp_path / "probe"), "--device", "cpu", "--quiet", *extra])
+    message = str(e.value)
+    named = str(tmp_path / "det.pt") if case == "no size" else "--detector"
+    assert message.startswith("error: ") and "\n" not in message and named in message, message
     assert not (tmp_path / "probe").exists()
