@@ -39,6 +39,8 @@ class FeatureConfig:
     noise_seed: int = 0  # mixed into both rules
     combine: str = "concat"  # how decoded timesteps meet the detector: 'concat' (T·C channels) or 'mean'
     batch_size: int = 16  # images per extraction forward
+    input_scale: int = 1  # k > 1: the DDPM trains on image_size crops of images stretched to k·image_size and
+    # runs on the whole k·image_size image, taps average-pooled k×k back to their usual grids (finer detail)
 
     def __post_init__(self) -> None:
         steps = [self.timesteps] if isinstance(self.timesteps, (int, str)) else self.timesteps
@@ -53,6 +55,8 @@ class FeatureConfig:
             raise ValueError(f"features.noise {self.noise!r}: expected one of {NOISE_RULES}")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"features.combine {self.combine!r}: expected one of {COMBINE_MODES}")
+        if not isinstance(self.input_scale, int) or isinstance(self.input_scale, bool) or self.input_scale < 1:
+            raise ValueError(f"features.input_scale {self.input_scale!r}: expected an integer >= 1")
 
 
 @dataclass

@@ -38,11 +38,12 @@ def load_ddpm_images(paths: list[Path], size: int, channels: int, quiet: bool = 
 
 @dataclass
 class BatchSampler:
-    """Random epochs over the in-memory images, with optional horizontal flips, on the training device."""
+    """Random epochs over the in-memory images, with optional horizontal flips and random crops, on the device."""
     images: torch.Tensor  # (N, C, S, S) uint8
     batch_size: int
     hflip: bool
     generator: torch.Generator
+    crop: int = 0  # side of a random crop per sample (features.input_scale > 1); 0 = the whole image
 
     def __post_init__(self) -> None:
         self.order, self.pos = torch.empty(0, dtype=torch.long), 0
@@ -55,7 +56,11 @@ class BatchSampler:
                 self.order = self.order.repeat(-(-self.batch_size // len(self.order)))
         idx = self.order[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
-        x = self.images[idx].to(device).float() / 127.5 - 1
+        x = self.images[idx]
+        if self.crop and self.crop < x.shape[-1]:
+            corners = torch.randint(0, x.shape[-1] - self.crop + 1, (len(idx), 2), generator=self.generator).tolist()
+            x = torch.stack([im[:, r:r + self.crop, c:c + self.crop] for im, (r, c) in zip(x, corners)])
+        x = x.to(device).float() / 127.5 - 1
         if self.hflip:
             flip = torch.rand(len(idx), generator=self.generator) < 0.5
             x[flip.to(device)] = x[flip.to(device)].flip(-1)
@@ -74,8 +79,10 @@ def train_ddpm(cfg: Stage1Config, train_images: list[Path], out: Path, device: t
     diffusion = GaussianDiffusion(cfg.diffusion).to(device)
     ema = ModelEMA(model, decay=tc.ema_decay, tau=tc.ema_tau)
     ddp = DistributedDataParallel(model) if world > 1 else model
-    images = load_ddpm_images(train_images, cfg.unet.image_size, cfg.unet.in_channels, quiet or rank != 0)
-    sampler = BatchSampler(images, max(1, tc.batch_size // world), tc.hflip, torch.Generator().manual_seed(seed + rank))
+    scale = cfg.features.input_scale  # the pixel scale the features will be taken at: train on crops of it
+    images = load_ddpm_images(train_images, cfg.unet.image_size * scale, cfg.unet.in_channels, quiet or rank != 0)
+    sampler = BatchSampler(images, max(1, tc.batch_size // world), tc.hflip, torch.Generator().manual_seed(seed + rank),
+                           crop=cfg.unet.image_size if scale > 1 else 0)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1000 + rank)
     LOGGER.info("DDPM: %d train images, %d iterations, batch %d, Adam lr %g -> %g (cosine, warm-up %d), EMA %g",
                 len(images), tc.iterations, tc.batch_size, tc.lr, tc.lr * tc.lrf, tc.warmup_iters, tc.ema_decay)
@@ -89,7 +96,8 @@ def train_ddpm(cfg: Stage1Config, train_images: list[Path], out: Path, device: t
                           after_step=lambda: ema.update(model), quiet=quiet or rank != 0)
     losses = [h[0] for h in history]
     log = {"iterations": tc.iterations, "train_images": len(images), "seconds": round(time.time() - t0, 1),
-           "final_loss": float(np.mean(losses[-50:])) if losses else None, "lr": tc.lr, "lrf": tc.lrf, "world": world}
+           "final_loss": float(np.mean(losses[-50:])) if losses else None, "lr": tc.lr, "lrf": tc.lrf, "world": world,
+           "input_scale": scale}
     if rank == 0:
         save_ddpm(out, ema.ema, cfg.unet, cfg.diffusion, log)
         LOGGER.info("DDPM: saved %s (final loss %.4f, %.0f s)", out, log["final_loss"] or float("nan"), log["seconds"])

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from d3n_ext.stage1.checkpoints import Compressor, load_compressors, load_ddpm
 from d3n_ext.stage1.config import FeatureConfig
@@ -76,10 +77,11 @@ class DDPMFeatureExtractor:
         return self.unet.cfg.tap_shapes()
 
     def inputs(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 and ε, each (B, C, S, S) on the extractor's device."""
+        """x0 and ε, each (B, C, k·S, k·S) on the extractor's device (k = features.input_scale)."""
         cfg, f = self.unet.cfg, self.features
-        x0 = torch.stack([to_ddpm_input(im, cfg.image_size, cfg.in_channels) for im in images])
-        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        size = cfg.image_size * f.input_scale
+        x0 = torch.stack([to_ddpm_input(im, size, cfg.in_channels) for im in images])
+        shape = (cfg.in_channels, size, size)
         noise = torch.stack([make_noise(f.noise, f.noise_seed, im, shape) for im in images])
         return x0.to(self.device), noise.to(self.device)
 
@@ -89,7 +91,9 @@ class DDPMFeatureExtractor:
         b, n_t = len(images), len(self.features.timesteps)
         t = torch.tensor(self.features.timesteps, device=self.device).repeat(b)  # (B·T,) image-major
         xt = self.diffusion.q_sample(x0.repeat_interleave(n_t, 0), t, noise.repeat_interleave(n_t, 0))
-        taps = self.unet(xt, t, taps_only=True)  # [(B·T, C, h, w)] × 3
+        taps = self.unet(xt, t, taps_only=True)  # [(B·T, C, k·h, k·w)] × 3
+        k = self.features.input_scale
+        taps = [F.avg_pool2d(f, k) if k > 1 else f for f in taps]  # back to tap_shapes(): (B·T, C, h, w)
         return [f.view(b, n_t, *f.shape[1:]) for f in taps]
 
 

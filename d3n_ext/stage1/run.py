@@ -142,6 +142,10 @@ def _extractor(ctx: Stage1Context) -> DDPMFeatureExtractor:
     unet, diffusion, ckpt = load_ddpm(ctx.out / "ddpm.pt", ctx.device)
     if ckpt["unet"] != ctx.cfg.unet.to_dict():
         LOGGER.warning("%s: UNet differs from the config %s; the checkpoint's is used", ctx.out / "ddpm.pt", ctx.opts.config)
+    trained_scale = (ckpt.get("info") or {}).get("input_scale", 1)
+    if trained_scale != ctx.cfg.features.input_scale:
+        raise ValueError(f"{ctx.out / 'ddpm.pt'}: trained at input_scale {trained_scale}, but features.input_scale is "
+                         f"{ctx.cfg.features.input_scale}; retrain it (extract_features.py train-ddpm) or match the config")
     return DDPMFeatureExtractor(unet, diffusion, ctx.cfg.features)
 
 
