@@ -14,9 +14,10 @@ the class). Sources: `ddpm-decoded` (the repository latents decoded: what the te
 untrained), `image-pooled` (grey level per cell) and `image-patches` (the cell's k×k grey pixels).
 Per level, the summary names the best DDPM row and its margin over the best control in defect AP: compare
 runs on stage-1 folders of other presets, training lengths or timesteps to choose them.
-`--detector WEIGHTS` (a trained plain YOLOv5, e.g. the pipeline's baseline/weights/best.pt) adds two
-references: `detector` (its own neck maps) and `detector+ddpm` (those maps with the decoded DDPM features
-beside them); the summary then says how much the DDPM adds to what the detector already knows.
+`--detector WEIGHTS` (a trained plain YOLOv5, e.g. the pipeline's baseline/weights/best.pt) adds three
+references: `detector` (its own neck maps), `detector+ddpm` (those maps with the decoded DDPM features
+beside them) and `detector+random-unet` (with the random UNet's instead: what extra channels alone give);
+the summary then says how much the DDPM adds to what the detector already knows.
 Writes probe.md and probe.json under --out (runs/probe/exp, exp2, ...).
 """
 
@@ -168,13 +169,17 @@ def level_summary(rows: list[dict], level: str) -> str:
 
 
 def reference_summary(rows: list[dict], level: str) -> str | None:
-    """What the DDPM adds to a trained detector's own maps on a level, in every metric (None without both references)."""
+    """What the DDPM (and, for scale, a random UNet) adds to a trained detector's maps on a level; None without them."""
     found = {r["source"]: r for r in rows if r["level"] == level and r.get("reference")}
-    if set(found) != set(REFERENCES):
+    if "detector" not in found or "detector+ddpm" not in found:
         return None
-    alone, joined = found["detector"], found["detector+ddpm"]
-    gains = ", ".join(f"{m} {joined[m] - alone[m]:+.3f}" for m in (RANK_BY, *(m for m in METRICS if m != RANK_BY)))
-    return f"{level}: DDPM features beside the detector's maps: {gains} (detector alone: {_describe(alone)})"
+    alone = found["detector"]
+    order = (RANK_BY, *(m for m in METRICS if m != RANK_BY))
+    gains = lambda joined: ", ".join(f"{m} {joined[m] - alone[m]:+.3f}" for m in order)  # noqa: E731
+    text = f"{level}: DDPM features beside the detector's maps: {gains(found['detector+ddpm'])}"
+    if "detector+random-unet" in found:
+        text += f"; random-UNet features beside them: {gains(found['detector+random-unet'])}"
+    return f"{text} (detector alone: {_describe(alone)})"
 
 
 def format_report(result: dict) -> str:
@@ -190,7 +195,8 @@ def format_report(result: dict) -> str:
               f" | {r['mIoU']:.3f} | {r['cell AP']:.3f} | {r['defect AP']:.3f} |" for r in result["rows"]]
     lines += ["", f"Best per level by {RANK_BY}:", *result["summary"]]
     if result.get("reference_summary"):
-        lines += ["", "What the DDPM adds to the trained detector (detector+ddpm − detector):", *result["reference_summary"]]
+        lines += ["", "What the DDPM adds to the trained detector (detector+ddpm − detector; detector+random-unet − "
+                  "detector for scale):", *result["reference_summary"]]
     return "\n".join(lines + [""])
 
 

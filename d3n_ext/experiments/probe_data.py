@@ -33,7 +33,7 @@ LOGGER = logging.getLogger(__name__)
 
 SOURCES = ("ddpm-decoded", "ddpm-raw", "random-unet", "image-pooled", "image-patches")
 CONTROLS = ("random-unet", "image-pooled", "image-patches")
-REFERENCES = ("detector", "detector+ddpm")  # with --detector: what a trained detector already knows
+REFERENCES = ("detector", "detector+ddpm", "detector+random-unet")  # with --detector: what a trained detector knows
 NO_TIMESTEP = "-"
 ALL_TIMESTEPS = "all"
 
@@ -163,7 +163,8 @@ class DetectorMaps:
 
     A reference, not a control: a detector trained on the boxes knows where they are. What the probe
     asks of it is the margin `detector+ddpm` − `detector`: whether the DDPM's features hold anything the
-    detector has not learnt itself, which is all a fusion block can add. Images are stretched to the
+    detector has not learnt itself, which is all a fusion block can add — set against
+    `detector+random-unet`, since any extra channels give a linear probe some room. Images are stretched to the
     detector's training size, as the letterbox-free teacher sees them, so each map covers the whole image.
     """
 
@@ -192,17 +193,16 @@ class DetectorMaps:
 
 
 class JoinedSource:
-    """`detector+ddpm`: the detector's maps and the decoded DDPM features of every timestep, side by side per cell."""
+    """`detector+<source>`: the detector's maps and another source's features of every timestep, side by side per cell."""
 
-    name = "detector+ddpm"
     timesteps = [ALL_TIMESTEPS]
 
-    def __init__(self, detector: DetectorMaps, ddpm: DecodedLatents):
-        self.detector, self.ddpm = detector, ddpm
+    def __init__(self, name: str, detector: DetectorMaps, other: FeatureSource):
+        self.name, self.detector, self.other = name, detector, other
 
     def __call__(self, paths: list[Path], images: list[np.ndarray]) -> list[torch.Tensor]:
         return [torch.cat([d.flatten(1, 2), f.flatten(1, 2)], 1)[:, None]
-                for d, f in zip(self.detector(paths, images), self.ddpm(paths, images))]
+                for d, f in zip(self.detector(paths, images), self.other(paths, images))]
 
 
 def open_sources(repo: LatentRepository, names: list[str], device: torch.device, seed: int,
@@ -230,10 +230,12 @@ def open_sources(repo: LatentRepository, names: list[str], device: torch.device,
         "image-pooled": lambda: ImageGrid("image-pooled", grids, 1),
         "image-patches": lambda: ImageGrid("image-patches", grids, patch),
     }
-    sources = [make[name]() for name in SOURCES if name in names]
+    built = {name: make[name]() for name in SOURCES if name in names}
     if detector:
         wanted = [n for n in REFERENCES if n in names] or list(REFERENCES)
         maps = DetectorMaps(detector, grids, device, detector_imgsz)
-        sources += [maps] if "detector" in wanted else []
-        sources += [JoinedSource(maps, DecodedLatents(repo, device))] if "detector+ddpm" in wanted else []
-    return sources
+        partners = {"detector+ddpm": "ddpm-decoded", "detector+random-unet": "random-unet"}
+        for name in wanted:
+            other = partners.get(name)
+            built[name] = maps if other is None else JoinedSource(name, maps, built.get(other) or make[other]())
+    return list(built.values())

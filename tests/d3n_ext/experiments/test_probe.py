@@ -137,8 +137,8 @@ def test_the_detector_reference_is_its_neck_maps_and_the_joined_one_puts_the_ddp
     assert all(torch.allclose(g[:, 0], s) for g, s in zip(got, seen.maps))
 
     decoded = DecodedLatents(repo, torch.device("cpu"))
-    joined = JoinedSource(DetectorMaps(tmp_path / "det.pt", [lv.hw for lv in repo.levels], torch.device("cpu")),
-                          decoded)(paths, images)
+    joined = JoinedSource("detector+ddpm", DetectorMaps(tmp_path / "det.pt", [lv.hw for lv in repo.levels],
+                                                         torch.device("cpu")), decoded)(paths, images)
     for j, d in zip(joined, decoded(paths, images)):
         assert j.shape[1] == 1 and torch.equal(j[:, 0, -d.shape[1] * d.shape[2]:], d.flatten(1, 2))
 
@@ -152,8 +152,11 @@ def test_cli_with_a_detector_adds_both_references_and_says_what_the_ddpm_adds(st
     rows = {(r["source"], r["level"], r["timestep"]): r for r in result["rows"]}
     for level, width in zip(("P3", "P4", "P5"), (64, 128, 256)):
         assert rows[("detector", level, "-")]["channels"] == width and rows[("detector", level, "-")]["reference"]
-        assert rows[("detector+ddpm", level, "all")]["channels"] == width + rows[("ddpm-decoded", level, "all")]["channels"]
-    assert len(result["reference_summary"]) == 3 and result["text"].count("(reference)") == 6
+        ddpm_channels = rows[("ddpm-decoded", level, "all")]["channels"]
+        assert rows[("detector+ddpm", level, "all")]["channels"] == width + ddpm_channels
+        assert rows[("detector+random-unet", level, "all")]["channels"] == width + ddpm_channels  # same tap widths
+    assert len(result["reference_summary"]) == 3 and result["text"].count("(reference)") == 9
+    assert all("random-UNet features beside them" in line for line in result["reference_summary"])
     assert result["text"].count("over the best control") == 3  # the references never pose as our DDPM rows
 
 
