@@ -156,10 +156,15 @@ def _describe(row: dict) -> str:
     return f"{row['source']} t={row['timestep']} ({scores})"
 
 
-def level_summary(rows: list[dict], level: str) -> str:
-    """Which source is best on a level, and by how much its DDPM features beat the best control (by RANK_BY)."""
+def level_summary(rows: list[dict], level: str) -> str | None:
+    """Which source is best on a level, and by how much its DDPM features beat the best control (by RANK_BY).
+
+    None when only references were probed.
+    """
     ours = [r for r in rows if r["level"] == level and not r["control"] and not r.get("reference")]
     controls = [r for r in rows if r["level"] == level and r["control"]]
+    if not ours and not controls:
+        return None
     if not ours or not controls:
         return f"{level}: best {_describe(max(ours or controls, key=_rank))}"
     best, control = max(ours, key=_rank), max(controls, key=_rank)
@@ -193,7 +198,8 @@ def format_report(result: dict) -> str:
     lines += ["", "| source | level | t | channels | mIoU | cell AP | defect AP |", "|---|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['source']}{_role(r)} | {r['level']} | {r['timestep']} | {r['channels']}"
               f" | {r['mIoU']:.3f} | {r['cell AP']:.3f} | {r['defect AP']:.3f} |" for r in result["rows"]]
-    lines += ["", f"Best per level by {RANK_BY}:", *result["summary"]]
+    if result["summary"]:
+        lines += ["", f"Best per level by {RANK_BY}:", *result["summary"]]
     if result.get("reference_summary"):
         lines += ["", "What the DDPM adds to the trained detector (detector+ddpm − detector; detector+random-unet − "
                   "detector for scale):", *result["reference_summary"]]
@@ -255,7 +261,7 @@ def run(o: ProbeOptions) -> dict:
               "settings": {"sources": [s.name for s in sources], "patch": o.patch, "detector": o.detector,
                            "detector_imgsz": o.detector_imgsz, "max_train_cells": o.max_train_cells,
                            "max_eval_cells": o.max_eval_cells, "probe": asdict(o.probe), "rank_by": RANK_BY},
-              "rows": rows, "summary": [level_summary(rows, lv["name"]) for lv in levels],
+              "rows": rows, "summary": [t for lv in levels if (t := level_summary(rows, lv["name"]))],
               "reference_summary": [t for lv in levels if (t := reference_summary(rows, lv["name"]))],
               "seconds": {"features": round(t1 - t0, 1), "probes": round(time.time() - t1, 1)}}
     text = format_report(result)

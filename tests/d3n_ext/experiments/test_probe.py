@@ -143,12 +143,11 @@ def test_the_detector_reference_is_its_neck_maps_and_the_joined_one_puts_the_ddp
         assert j.shape[1] == 1 and torch.equal(j[:, 0, -d.shape[1] * d.shape[2]:], d.flatten(1, 2))
 
 
-def test_cli_with_a_detector_adds_both_references_and_says_what_the_ddpm_adds(stage1_run, tmp_path):
+def test_cli_with_a_detector_adds_the_references_and_says_what_the_ddpm_adds_beside_it(stage1_run, tmp_path):
     _plain_detector(tmp_path / "det.pt")
-    args = ["--repo", str(stage1_run["out"]), "--data", str(_labelled_copy(stage1_run, tmp_path)), "--out",
-            str(tmp_path / "probe"), "--device", "cpu", "--epochs", "2", "--quiet", "--detector", str(tmp_path / "det.pt"),
-            "--sources", "ddpm-decoded", "image-pooled"]
-    result = main(args)
+    common = ["--repo", str(stage1_run["out"]), "--data", str(_labelled_copy(stage1_run, tmp_path)), "--device", "cpu",
+              "--epochs", "2", "--quiet", "--detector", str(tmp_path / "det.pt")]
+    result = main([*common, "--out", str(tmp_path / "probe"), "--sources", "ddpm-decoded", "image-pooled"])
     rows = {(r["source"], r["level"], r["timestep"]): r for r in result["rows"]}
     for level, width in zip(("P3", "P4", "P5"), (64, 128, 256)):
         assert rows[("detector", level, "-")]["channels"] == width and rows[("detector", level, "-")]["reference"]
@@ -158,6 +157,9 @@ def test_cli_with_a_detector_adds_both_references_and_says_what_the_ddpm_adds(st
     assert len(result["reference_summary"]) == 3 and result["text"].count("(reference)") == 9
     assert all("random-UNet features beside them" in line for line in result["reference_summary"])
     assert result["text"].count("over the best control") == 3  # the references never pose as our DDPM rows
+
+    alone = main([*common, "--out", str(tmp_path / "refs"), "--sources", "detector", "detector+random-unet"])
+    assert {r["source"] for r in alone["rows"]} == {"detector", "detector+random-unet"} and not alone["summary"]
 
 
 @pytest.mark.parametrize("case", ["no size", "no weights"])
