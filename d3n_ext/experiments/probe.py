@@ -67,7 +67,7 @@ class ProbeOptions:
     max_train_cells: int = 40_000  # per level, sampled over the train images (defect cells first)
     max_eval_cells: int = 100_000  # per level, drawn uniformly over the scored images
     patch: int = 8  # image-patches: k×k grey pixels per cell
-    detector: str = ""  # a trained plain YOLOv5: adds the `detector` and `detector+ddpm` references
+    detector: str = ""  # a trained plain YOLOv5: adds the REFERENCES (its maps, with DDPM / random features beside)
     detector_imgsz: int = 0  # its input size (0: the size it was trained at)
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # epochs, lr, seed (also the random UNet's)
     quiet: bool = False
@@ -281,8 +281,8 @@ def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
     ap.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES + REFERENCES,
                     help="feature sources to probe (the references need --detector)")
-    ap.add_argument("--detector", default="", help="a trained plain YOLOv5 (.pt): adds the detector and "
-                    "detector+ddpm references (what the DDPM adds to what the detector knows)")
+    ap.add_argument("--detector", default="", help="a trained plain YOLOv5 (.pt): adds the detector, detector+ddpm "
+                    "and detector+random-unet references (what the DDPM adds to what the detector knows)")
     ap.add_argument("--detector-imgsz", type=int, default=0, help="the detector's input size (0: its training size)")
     ap.add_argument("--device", default="", help="'' (auto), cpu, 0, ...")
     ap.add_argument("--batch-size", type=int, default=16, help="images per feature-extraction batch")

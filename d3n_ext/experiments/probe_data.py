@@ -209,7 +209,7 @@ def open_sources(repo: LatentRepository, names: list[str], device: torch.device,
                  patch: int, detector: str = "", detector_imgsz: int = 0) -> list[FeatureSource]:
     """The requested sources, in SOURCES order, built from the repository's own weights and settings.
 
-    With a `detector` checkpoint the REFERENCES follow them: those named in `names`, or both.
+    With a `detector` checkpoint the REFERENCES follow them: those named in `names`, or all three.
     """
     unknown = sorted(set(names) - set(SOURCES) - set(REFERENCES))
     if unknown:
