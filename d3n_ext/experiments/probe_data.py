@@ -205,6 +205,20 @@ class JoinedSource:
                 for d, f in zip(self.detector(paths, images), self.other(paths, images))]
 
 
+class LastBatch:
+    """A source that keeps its last batch's features: a joined reference then reuses what its parts computed."""
+
+    def __init__(self, source: FeatureSource):
+        self.source, self.name, self.timesteps = source, source.name, source.timesteps
+        self._key: tuple[Path, ...] | None = None
+        self._features: list[torch.Tensor] = []
+
+    def __call__(self, paths: list[Path], images: list[np.ndarray]) -> list[torch.Tensor]:
+        if tuple(paths) != self._key:
+            self._key, self._features = tuple(paths), self.source(paths, images)
+        return self._features
+
+
 def open_sources(repo: LatentRepository, names: list[str], device: torch.device, seed: int,
                  patch: int, detector: str = "", detector_imgsz: int = 0) -> list[FeatureSource]:
     """The requested sources, in SOURCES order, built from the repository's own weights and settings.
@@ -230,10 +244,10 @@ def open_sources(repo: LatentRepository, names: list[str], device: torch.device,
         "image-pooled": lambda: ImageGrid("image-pooled", grids, 1),
         "image-patches": lambda: ImageGrid("image-patches", grids, patch),
     }
-    built = {name: make[name]() for name in SOURCES if name in names}
+    built = {name: LastBatch(make[name]()) for name in SOURCES if name in names}
     if detector:
         wanted = [n for n in REFERENCES if n in names] or list(REFERENCES)
-        maps = DetectorMaps(detector, grids, device, detector_imgsz)
+        maps = LastBatch(DetectorMaps(detector, grids, device, detector_imgsz))
         partners = {"detector+ddpm": "ddpm-decoded", "detector+random-unet": "random-unet"}
         for name in wanted:
             other = partners.get(name)

@@ -82,7 +82,7 @@ def train_ddpm(cfg: Stage1Config, train_images: list[Path], out: Path, device: t
     scale = cfg.features.input_scale  # the pixel scale the features will be taken at: train on crops of it
     images = load_ddpm_images(train_images, cfg.unet.image_size * scale, cfg.unet.in_channels, quiet or rank != 0)
     sampler = BatchSampler(images, max(1, tc.batch_size // world), tc.hflip, torch.Generator().manual_seed(seed + rank),
-                           crop=cfg.unet.image_size if scale > 1 else 0)
+                           crop=cfg.unet.image_size)  # the whole image at scale 1
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1000 + rank)
     LOGGER.info("DDPM: %d train images, %d iterations, batch %d, Adam lr %g -> %g (cosine, warm-up %d), EMA %g",
                 len(images), tc.iterations, tc.batch_size, tc.lr, tc.lr * tc.lrf, tc.warmup_iters, tc.ema_decay)

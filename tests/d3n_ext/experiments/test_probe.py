@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from d3n_ext.distill import DetectInputs
 from d3n_ext.experiments.probe import main
-from d3n_ext.experiments.probe_data import SOURCES, DecodedLatents, DetectorMaps, ImageGrid, JoinedSource, cell_targets
+from d3n_ext.experiments.probe_data import (SOURCES, DecodedLatents, DetectorMaps, ImageGrid, JoinedSource, LastBatch,
+                                            cell_targets)
 from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_linear_probe, predict, probe_scores,
                                            standardise)
 from d3n_ext.stage1.features import read_image
@@ -160,6 +162,18 @@ def test_cli_with_a_detector_adds_the_references_and_says_what_the_ddpm_adds_bes
 
     alone = main([*common, "--out", str(tmp_path / "refs"), "--sources", "detector", "detector+random-unet"])
     assert {r["source"] for r in alone["rows"]} == {"detector", "detector+random-unet"} and not alone["summary"]
+
+
+def test_a_source_shared_by_a_reference_computes_each_batch_once():
+    calls = []
+    pooled = ImageGrid("image-pooled", [(4, 4)], 1)
+    shared = LastBatch(pooled)
+    images = [np.zeros((16, 16, 3), np.uint8)]
+    first = shared([Path("a.png")], images)
+    assert shared([Path("a.png")], images) is first  # the joined reference's call: no second extraction
+    shared.source = lambda paths, ims: calls.append(paths) or pooled(paths, ims)
+    shared([Path("b.png")], images)
+    assert calls == [[Path("b.png")]] and shared.name == "image-pooled"
 
 
 @pytest.mark.parametrize("case", ["no size", "no weights"])
