@@ -41,6 +41,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: path to last.pt, or the newest run")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
     p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
+    p.add_argument("--val-interval", type=int, default=1, metavar="N",
+                   help="validate every N epochs and after the last; best.pt is chosen among those (default: 1)")
     p.add_argument("--noautoanchor", action="store_true", help="keep the YAML's anchors")
     p.add_argument("--noplots", action="store_true", help="write no plots")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",

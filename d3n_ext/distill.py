@@ -17,6 +17,10 @@ outputs) against the student's, which have the same widths, so no adapter is nee
     D_feat = sum over levels of mean((f_s - f_t)^2) / mean(f_t^2)    (scale-free per level)
     loss  += bs * dist_feat * D_feat
 
+Unlabelled images (label-efficient D3N): eqs. 6-7 need no labels, so with `unlabeled_share` > 0 each batch
+of labelled images is joined with images from the data YAML's `unlabeled:`. The YOLOv5 loss covers the
+labelled images only; the distillation terms cover all, an unlabelled image's scaled by `unlabeled_weight`.
+
 A teacher without side inputs (a trained plain YOLOv5) is the self-distillation control: the same
 task, the same terms, no DDPM. train_distill.py runs this task (the plug-in adds its flags).
 
@@ -47,6 +51,7 @@ from models.loading import build_from_checkpoint
 from models.yolo import reads_side_inputs
 from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
+from utils.dataloaders import UNLABELED
 from utils.segment_dataset import MASKS
 from utils.torch_utils import de_parallel
 
@@ -63,6 +68,8 @@ class DistillOptions:
     obj_scaled: bool = False  # also scale the objectness term by the teacher's objectness
     dist_feat: float = 0.0  # weight of the feature-level term on Detect's input maps (0 = outputs only)
     dist_proto: float = 0.0  # segmentation: weight of the prototype term (0 = coefficients only)
+    unlabeled_share: float = 0.0  # share of each batch drawn from the data's unlabeled images (distillation only)
+    unlabeled_weight: float = 1.0  # weight of an unlabelled image's distillation terms (a labelled image's: 1)
 
     def __post_init__(self):
         if self.dist_loss not in ("l2", "kl"):
@@ -73,6 +80,10 @@ class DistillOptions:
             raise ValueError(f"--dist-feat {self.dist_feat}: must be >= 0")
         if self.dist_proto < 0:
             raise ValueError(f"--dist-proto {self.dist_proto}: must be >= 0")
+        if not 0 <= self.unlabeled_share < 1:
+            raise ValueError(f"--unlabeled-share {self.unlabeled_share}: expected a share of the batch in [0, 1)")
+        if self.unlabeled_weight < 0:
+            raise ValueError(f"--unlabeled-weight {self.unlabeled_weight}: must be >= 0")
 
 
 def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -86,6 +97,11 @@ def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="weight of feature-level distillation of the maps Detect reads (0 = outputs only)")
     p.add_argument("--dist-proto", type=float, default=0.0,
                    help="segmenters: weight of distilling the mask prototypes (0 = mask coefficients only)")
+    p.add_argument("--unlabeled-share", type=float, default=0.0,
+                   help="share of each batch drawn from the data YAML's unlabeled: images, which get the distillation "
+                        "terms only (0.5: as many unlabelled as labelled images; default: 0, none)")
+    p.add_argument("--unlabeled-weight", type=float, default=1.0,
+                   help="weight of an unlabelled image's distillation terms, a labelled image's being 1 (default: 1)")
     p.add_argument("--mask-ratio", type=int, default=4, help="segmenters: masks at 1/mask-ratio of the input size")
     p.add_argument("--no-overlap", action="store_true", help="segmenters: one mask per object, not YOLOv5's overlap map")
     return p
@@ -115,17 +131,20 @@ def distill_options(args: argparse.Namespace) -> DistillOptions:
 
 
 def distillation_terms(student: list[torch.Tensor], teacher: list[torch.Tensor], dist_loss: str = "l2",
-                       temperature: float = 20.0, obj_scaled: bool = False, nm: int = 0) -> torch.Tensor:
+                       temperature: float = 20.0, obj_scaled: bool = False, nm: int = 0,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """(box, obj, cls) distillation terms summed over levels; teacher maps are treated as constants.
-    `nm` trailing columns (a segmenter's mask coefficients) are not classes: `coefficient_term` takes them."""
+    `nm` trailing columns (a segmenter's mask coefficients) are not classes: `coefficient_term` takes them.
+    `weights` (B,) scales each image's share of every term (unlabelled images may count less)."""
     terms = torch.zeros(3, device=student[0].device)
+    w = 1.0 if weights is None else weights.float().view(-1, 1, 1, 1, 1)
     for ps, pt in zip(student, teacher):
         pt = pt.detach().float()[..., :pt.shape[-1] - nm]
         ps = ps.float()[..., :ps.shape[-1] - nm]
-        s = pt[..., 4:5].sigmoid()  # (B, na, ny, nx, 1) teacher objectness
+        s = pt[..., 4:5].sigmoid() * w  # (B, na, ny, nx, 1) teacher objectness, times the image's weight
         box = (s * (ps[..., :4] - pt[..., :4]) ** 2).mean()
         obj_sq = (ps[..., 4:5] - pt[..., 4:5]) ** 2
-        obj = (s * obj_sq).mean() if obj_scaled else obj_sq.mean()
+        obj = (s * obj_sq).mean() if obj_scaled else (w * obj_sq).mean()
         if pt.shape[-1] <= 5:
             cls = ps.new_zeros(())
         elif dist_loss == "kl":
@@ -149,13 +168,30 @@ def coefficient_term(student: list[torch.Tensor], teacher: list[torch.Tensor], n
     return term
 
 
-def feature_term(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+def feature_term(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     """D_feat: per level the squared error of the student's map relative to the teacher's energy, summed."""
     term = student[0].new_zeros((), dtype=torch.float32)
+    w = 1.0 if weights is None else weights.float().view(-1, 1, 1, 1)
     for fs, ft in zip(student, teacher):
         ft = ft.detach().float()
-        term = term + ((fs.float() - ft) ** 2).mean() / ft.pow(2).mean().clamp_min(1e-6)
+        term = term + (w * (fs.float() - ft) ** 2).mean() / ft.pow(2).mean().clamp_min(1e-6)
     return term
+
+
+def labelled_loss(compute_loss, preds: list[torch.Tensor], targets: torch.Tensor,
+                  unlabeled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """YOLOv5's loss over the batch's labelled images only: an unlabelled image has no boxes, and scoring its
+    objectness against none would teach the student that it holds no defect. `unlabeled`: (B,) flags or None."""
+    if unlabeled is None or not bool(unlabeled.any()):
+        return compute_loss(preds, targets)
+    keep = unlabeled == 0
+    if not bool(keep.any()):  # an all-unlabelled batch: the distillation terms alone
+        return preds[0].new_zeros(1), preds[0].new_zeros(3)  # shaped as ComputeLoss returns them
+    new_index = torch.cumsum(keep.long(), 0) - 1  # image i of the batch -> its index among the labelled ones
+    targets = targets.clone()
+    targets[:, 0] = new_index[targets[:, 0].long()].to(targets.dtype)
+    return compute_loss([p[keep] for p in preds], targets)
 
 
 class DetectInputs:
@@ -256,19 +292,30 @@ class DistillationTask(DetectionTask):
         if self.options.dist_feat > 0 and self.hooks is None:
             self.hooks = (DetectInputs(de_parallel(model).detect), DetectInputs(self.teacher.detect))
 
+    def unlabeled_batch(self, batch_size: int) -> int:
+        """Unlabelled images per batch so that they make `unlabeled_share` of it (0.5: as many as labelled)."""
+        share = self.options.unlabeled_share
+        return max(1, round(batch_size * share / (1 - share))) if share > 0 else 0
+
     def forward(self, model: torch.nn.Module, imgs: torch.Tensor, extras: dict[str, torch.Tensor]):
         return model(imgs)  # the student is a plain YOLOv5: it never sees the latents
 
+    def image_weights(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B,) weight of each image's distillation terms: 1 labelled, unlabeled_weight unlabelled; None: all 1."""
+        flags = extras.get(UNLABELED)
+        return None if flags is None else 1 + (self.options.unlabeled_weight - 1) * flags
+
     def loss(self, preds, targets, imgs, extras):
-        gt_loss, gt_items = self.compute_loss(preds, targets)
+        gt_loss, gt_items = labelled_loss(self.compute_loss, preds, targets, extras.get(UNLABELED))
+        o, weights = self.options, self.image_weights(extras)
+        extras = {k: v for k, v in extras.items() if k != UNLABELED}
         with torch.no_grad():
             teacher_raw = super().forward(self.teacher, imgs, extras)[1]  # latents only for a hybrid teacher
-        o = self.options
-        terms = distillation_terms(preds, teacher_raw, o.dist_loss, o.temperature, o.obj_scaled)
+        terms = distillation_terms(preds, teacher_raw, o.dist_loss, o.temperature, o.obj_scaled, weights=weights)
         g = self.compute_loss.gains
         dist = imgs.shape[0] * o.dist_lambda * (g.box * terms[0] + g.obj * terms[1] + g.cls * terms[2])
         if self.hooks is not None:
-            dist = dist + imgs.shape[0] * o.dist_feat * feature_term(self.hooks[0].maps, self.hooks[1].maps)
+            dist = dist + imgs.shape[0] * o.dist_feat * feature_term(self.hooks[0].maps, self.hooks[1].maps, weights)
         return gt_loss + dist, torch.cat((gt_items, dist.detach().view(1)))
 
     def checkpoint_extra(self) -> dict[str, Any]:
@@ -297,6 +344,11 @@ class SegmentDistillationTask(DistillationTask, SegmentationTask):
         mask_ratio, overlap = state.pop("mask_ratio"), state.pop("overlap")
         base = DistillationTask.from_state(state, args)  # its rule for the repository
         return cls(base.options, base.inputs, mask_ratio=mask_ratio, overlap=overlap)
+
+    def unlabeled_batch(self, batch_size: int) -> int:
+        if self.options.unlabeled_share > 0:
+            raise ValueError("--unlabeled-share: unlabelled images are distilled into detectors only, not segmenters")
+        return 0
 
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """The masks' options, with the teacher's latents when it reads them (its dataset then carries both)."""

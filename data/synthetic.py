@@ -43,7 +43,7 @@ GENERATOR = "synth-defects"
 VERSION = 1  # bump when the rendering changes, so existing datasets are regenerated
 MARKER = ".complete.json"
 OWNER = ".synthetic-owner"  # written first: the folder is the generator's to change
-SPLIT_IDS = {"train": 0, "val": 1}
+SPLIT_IDS = {"train": 0, "val": 1, "unlabeled": 2}  # each split its own pictures
 TASKS = ("detect", "segment")  # label rows: boxes, or polygons of the painted pixels
 FAINT_SHARE = 0.3  # share of instances drawn at low contrast on purpose
 FAINT_CONTRAST = (8.0, 14.0)  # grey levels; the surface texture has a std of about 4
@@ -200,10 +200,11 @@ def render_large_sample(rng: np.random.Generator, size: int, canvas: tuple[int, 
 
 
 def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "detect",
-                 canvas: tuple[int, int] | None = None) -> dict:
-    """The arguments a dataset was made with; `task` only when not "detect" and `canvas` only when
-    given, so markers (and datasets) made before those options existed still count as complete."""
-    for key, value, least in (("seed", seed, 0), ("size", size, 32), ("n_train", n_train, 0), ("n_val", n_val, 0)):
+                 canvas: tuple[int, int] | None = None, n_unlabeled: int = 0) -> dict:
+    """The arguments a dataset was made with; `task` only when not "detect", `canvas` only when given and
+    `n_unlabeled` only when > 0, so markers (and datasets) made before those options existed still count."""
+    for key, value, least in (("seed", seed, 0), ("size", size, 32), ("n_train", n_train, 0), ("n_val", n_val, 0),
+                              ("n_unlabeled", n_unlabeled, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"synthetic dataset: {key}={value!r} must be an integer >= {least}")
     if task not in TASKS:
@@ -213,6 +214,8 @@ def _marker_args(seed: int, size: int, n_train: int, n_val: int, task: str = "de
         args["task"] = task
     if canvas is not None:
         args["canvas"] = list(_check_canvas(canvas, size))
+    if n_unlabeled:
+        args["n_unlabeled"] = n_unlabeled
     return args
 
 
@@ -279,12 +282,16 @@ def _write_split(root: Path, split: str, n: int, seed: int, size: int, task: str
         else:
             labels = yolo_label_text(((d.cls, d.box) for d in defects), image.shape[1], image.shape[0])
         atomic_write_bytes(root / "images" / split / f"synth_{i:05d}.png", png.tobytes())
-        atomic_write_text(root / "labels" / split / f"synth_{i:05d}.txt", labels)
+        if split != "unlabeled":  # unlabelled images come without label files, as a factory's do
+            atomic_write_text(root / "labels" / split / f"synth_{i:05d}.txt", labels)
 
 
 def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
-                     task: str = "detect", canvas: tuple[int, int] | None = None, exist_ok: bool = False) -> Path:
+                     task: str = "detect", canvas: tuple[int, int] | None = None, exist_ok: bool = False,
+                     n_unlabeled: int = 0) -> Path:
     """Write root/images/{train,val}/*.png, root/labels/{train,val}/*.txt, root/data.yaml, then the marker.
+
+    n_unlabeled > 0 also writes root/images/unlabeled/*.png (other pictures, no label files) for `unlabeled:`.
 
     task "detect" writes box rows, "segment" polygon rows of the same images. canvas (w, h) makes
     large images whose defects keep the scale of a size x size image (render_large_sample). Refuses a folder it
@@ -292,35 +299,38 @@ def generate_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int
     or other files unless exist_ok; other files are never deleted.
     """
     root = Path(root)
-    args = _marker_args(seed, size, n_train, n_val, task, canvas)
+    args = _marker_args(seed, size, n_train, n_val, task, canvas, n_unlabeled)
     _check_ownership(root)
     _check_target(root, args, exist_ok)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / OWNER, json.dumps({"generator": GENERATOR}))
     _clear_previous(root)
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", n_train), ("val", n_val), ("unlabeled", n_unlabeled)):
+        if split == "unlabeled" and not n:
+            continue
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        if split != "unlabeled":
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         _write_split(root, split, n, seed, size, task, canvas)
     data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val",
-            "names": dict(enumerate(CLASS_NAMES))}
+            **({"unlabeled": "images/unlabeled"} if n_unlabeled else {}), "names": dict(enumerate(CLASS_NAMES))}
     atomic_write_text(root / "data.yaml", yaml.safe_dump(data, sort_keys=False))
     atomic_write_text(root / MARKER, json.dumps(args, indent=1))
-    LOGGER.info("%s: wrote %d train and %d val synthetic images (seed %d, %d px%s, %s labels)", root, n_train, n_val,
-                seed, size, f" defects on {canvas[0]}x{canvas[1]}" if canvas else "", task)
+    LOGGER.info("%s: wrote %d train, %d val and %d unlabeled synthetic images (seed %d, %d px%s, %s labels)", root,
+                n_train, n_val, n_unlabeled, seed, size, f" defects on {canvas[0]}x{canvas[1]}" if canvas else "", task)
     return root
 
 
 def ensure_dataset(root: Path, *, seed: int = 0, size: int = 200, n_train: int = 300, n_val: int = 100,
-                   task: str = "detect", canvas: tuple[int, int] | None = None) -> Path:
+                   task: str = "detect", canvas: tuple[int, int] | None = None, n_unlabeled: int = 0) -> Path:
     """Generate the dataset unless a complete one with these arguments is already there."""
     root = Path(root)
-    if _read_marker(root) == _marker_args(seed, size, n_train, n_val, task, canvas):
+    if _read_marker(root) == _marker_args(seed, size, n_train, n_val, task, canvas, n_unlabeled):
         return root
     _check_ownership(root)
     LOGGER.info("%s: generating the synthetic defect dataset (first use or changed arguments)", root)
     return generate_dataset(root, seed=seed, size=size, n_train=n_train, n_val=n_val, task=task, canvas=canvas,
-                            exist_ok=True)
+                            exist_ok=True, n_unlabeled=n_unlabeled)
 
 
 # ---------------------------------------------------------------- picture
@@ -389,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=200, help="image side in pixels")
     parser.add_argument("--train", type=int, default=300, help="number of training images")
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
+    parser.add_argument("--unlabeled", type=int, default=0, help="number of extra images without labels (default: 0)")
     parser.add_argument("--task", choices=TASKS, default="detect", help="label rows: boxes or polygons (segment)")
     parser.add_argument("--canvas", type=int, nargs=2, metavar=("W", "H"),
                         help="large W x H images with defects at --size scale (for sliced inference, --tile)")
@@ -398,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         generate_dataset(args.out, seed=args.seed, size=args.size, n_train=args.train, n_val=args.val,
+                         n_unlabeled=args.unlabeled,
                          task=args.task, canvas=tuple(args.canvas) if args.canvas else None, exist_ok=args.exist_ok)
         if args.samples_grid:
             render_samples_grid(args.out, args.samples_grid)

@@ -66,6 +66,10 @@ class DetectionTask:
                              "labels with `python -m segment.train`")
         self.compute_loss = ComputeLoss(de_parallel(model), hyp, imgsz)
 
+    def unlabeled_batch(self, batch_size: int) -> int:
+        """Unlabelled images (the data YAML's `unlabeled:`) joined to each batch of `batch_size` labelled ones."""
+        return 0
+
     def dataset_kwargs(self, model: torch.nn.Module) -> dict[str, Any]:
         """Extra keyword arguments for the dataset class (a plug-in's dataset takes its own)."""
         return {}

@@ -30,7 +30,7 @@ from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import load_data_config
-from utils.dataloaders import create_dataloader, set_loader_epoch
+from utils.dataloaders import create_dataloader, join_batches, set_loader_epoch
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import Hyp, load_hyp
 from utils.image_size import check_img_size
@@ -76,6 +76,7 @@ class TrainOptions:
     freeze: list[int] = field(default_factory=list)
     save_period: int = -1
     seed: int = 0
+    val_interval: int = 1  # validate every N epochs (and after the last); best.pt is chosen among those
     scale: bool = False  # letterbox-free: stretch images to imgsz x imgsz (the D3N paper's input)
     quiet: bool = False
     task: str = "detect"  # the training task's kind (engine.tasks.TASKS), set by the Trainer
@@ -88,7 +89,7 @@ class StopTraining(RuntimeError):
 
 def check_train_options(opt: TrainOptions) -> None:
     """Refuse counts no run can use, before any data is read (one line naming the flag)."""
-    for flag, value in (("--epochs", opt.epochs), ("--batch-size", opt.batch_size)):
+    for flag, value in (("--epochs", opt.epochs), ("--batch-size", opt.batch_size), ("--val-interval", opt.val_interval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} {value}: expected a positive integer")
     check_img_size(opt.imgsz, 1)
@@ -194,6 +195,8 @@ class Trainer:
         self.train_loader, self.dataset = create_dataloader(
             self.data.images("train"), self.imgsz, opt.batch_size // self.world, self.gs, augment=True,
             rect=opt.rect, shuffle=not opt.rect, prefix="train: ", **common)
+        n_unlabeled = self.task.unlabeled_batch(opt.batch_size)
+        self.unlabeled_loader = self._unlabeled_loader(common, n_unlabeled) if n_unlabeled else None
         if self.main:
             val_kwargs = {**kwargs, **({} if opt.scale else {"pad": 0.5})}
             self.val_loader, _ = create_dataloader(
@@ -209,6 +212,39 @@ class Trainer:
         LOGGER.info("Loss gains (derived from %s): %s", opt.hyp or "hyp.scratch-low.yaml", self.gains)
         if self.distributed:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+
+    def _unlabeled_loader(self, common: dict, batch_size: int):
+        """The task's unlabelled images (the data YAML's `unlabeled:`), leak-checked, no label file opened."""
+        from utils.unlabeled import check_unlabeled
+
+        if self.opt.rect:
+            raise ValueError("--rect: a batch that joins labelled and unlabeled images needs square images")
+        if not self.data.splits.get("unlabeled"):
+            raise ValueError(f"{self.data.yaml_path}: this run draws {batch_size} unlabeled images per "
+                             "batch, but the data YAML names none (add 'unlabeled: <folder>')")
+        images = check_unlabeled(self.data)
+        per_rank = max(batch_size // self.world, 1)
+        kwargs = {**common, "seed": self.opt.seed + 1,  # its own shuffle and augmentation stream
+                  "dataset_kwargs": {**common["dataset_kwargs"], "labelled": False}}
+        loader, _ = create_dataloader(images, self.imgsz, per_rank, self.gs, augment=True, shuffle=True,
+                                      prefix="unlabeled: ", **kwargs)
+        return loader
+
+    def _batches(self, epoch: int):
+        """The epoch's batches: the labelled loader's, each joined with the next unlabelled batch when the task
+        draws them (the unlabelled pass restarts, reshuffled by epoch, every epoch: --resume replays it exactly)."""
+        set_loader_epoch(self.train_loader, epoch)
+        if self.unlabeled_loader is None:
+            yield from self.train_loader
+            return
+        passes, unlabeled = 0, None
+        for batch in self.train_loader:
+            other = next(unlabeled, None) if unlabeled is not None else None
+            if other is None:
+                set_loader_epoch(self.unlabeled_loader, epoch * 1000 + passes)
+                passes, unlabeled = passes + 1, iter(self.unlabeled_loader)
+                other = next(unlabeled)
+            yield join_batches(batch, other)
 
     def _setup_optimization(self) -> None:
         opt, hyp = self.opt, self.hyp
@@ -260,7 +296,9 @@ class Trainer:
             train_items = self.train_epoch(epoch, nw)
             stop = False
             if self.main:
-                result = self.validate(final=False) if not opt.noval or epoch == opt.epochs - 1 else None
+                last = epoch == opt.epochs - 1
+                due = (epoch + 1) % opt.val_interval == 0 and not opt.noval
+                result = self.validate(final=False) if due or last else None
                 fitness = result.fitness() if result is not None else 0.0
                 self.best_fitness = max(self.best_fitness, fitness)
                 row = self.results_row(epoch, train_items, result)
@@ -285,9 +323,8 @@ class Trainer:
     def train_epoch(self, epoch: int, nw: int) -> np.ndarray:
         model, opt = self.model, self.opt
         model.train()
-        set_loader_epoch(self.train_loader, epoch)
         mloss = torch.zeros(len(self.task.loss_names), device=self.device)
-        bar = tqdm(enumerate(self.train_loader), total=self.nb, disable=not self.main or opt.quiet,
+        bar = tqdm(enumerate(self._batches(epoch)), total=self.nb, disable=not self.main or opt.quiet,
                    bar_format="{l_bar}{bar:10}{r_bar}", desc=f"{epoch}/{opt.epochs - 1}")
         self.optimizer.zero_grad()
         last_opt_step = -1
@@ -354,7 +391,8 @@ class Trainer:
         row = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.task.loss_names, items)})
         columns = self.task.validator_cls.result_type.columns
-        values = result.results_row() if result is not None else (0.0,) * len(columns)
+        skipped = 0.0 if self.opt.noval or self.opt.val_interval == 1 else float("nan")  # nan: a gap in the curves
+        values = result.results_row() if result is not None else (skipped,) * len(columns)
         row.update(dict(zip(columns, map(float, values))))
         row.update({f"x/lr{j}": lr for j, lr in enumerate(self.lr)})
         row.update(self.task.epoch_log(de_parallel(self.model)))

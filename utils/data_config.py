@@ -1,9 +1,11 @@
 """Data YAMLs (YOLOv5 format) parsed once into a DataConfig with resolved image lists.
 
 Keys: `path` (root; relative paths resolve against the repository root), `train`, `val`, optional
-`test` (dirs, image files, .txt lists, or lists of those, relative to `path`), `names` (list or
-{index: name}), optional `nc`, and optional `generate: {name: ..., **kwargs}` naming a registered
-dataset generator that builds the data on first use. Nothing in a data YAML is ever executed.
+`test` (dirs, image files, .txt lists, or lists of those, relative to `path`), optional `unlabeled`
+(images without labels, named the same ways: stage 1 and distillation read them, ground-truth training
+never does, and no label file of theirs is opened), `names` (list or {index: name}), optional `nc`, and
+optional `generate: {name: ..., **kwargs}` naming a registered dataset generator that builds the data on
+first use. Nothing in a data YAML is ever executed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ LOGGER = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMG_FORMATS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm")
 VID_FORMATS = (".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts", ".wmv")
-KNOWN_KEYS = {"path", "train", "val", "test", "names", "nc", "generate", "download"}
+SPLITS = ("train", "val", "test", "unlabeled")  # unlabeled: images only, never a label file
+KNOWN_KEYS = {"path", *SPLITS, "names", "nc", "generate", "download"}
 
 # Fixed table of dataset generators a data YAML may name (module, function): no strings are executed.
 GENERATORS: dict[str, tuple[str, str]] = {"synth-defects": ("data.synthetic", "ensure_dataset")}
@@ -136,10 +139,13 @@ def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
     if "generate" in raw and autogenerate:
         _run_generator(yaml_path, root, raw["generate"])
     cfg = DataConfig(yaml_path=yaml_path, root=root, names=names)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         if raw.get(split):
             try:
                 cfg.splits[split] = list_images(raw[split], base=root)
             except FileNotFoundError as e:
                 raise DataConfigError(f"{yaml_path}: split '{split}': {e}") from None
+    if "unlabeled" in raw and not cfg.splits.get("unlabeled"):
+        raise DataConfigError(f"{yaml_path}: 'unlabeled: {raw['unlabeled']}' names no images "
+                              f"(expected a folder, a glob or a .txt list of {', '.join(IMG_FORMATS[:4])} ... files)")
     return cfg

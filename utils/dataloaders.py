@@ -75,6 +75,25 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
     return entry
 
 
+def verify_image(im_file: Path) -> dict:
+    """An unlabelled image's entry: decoded and measured, no label file looked at."""
+    entry = {"shape": None, "labels": [], "segments": [], "status": "corrupt", "msgs": [], "dropped": 0}
+    im, problem = decode_image(im_file)
+    if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:
+        problem = problem if im is None else f"smaller than {MIN_IMAGE_SIDE} px"
+        entry["msgs"] = [f"{im_file}: image {problem}; skipped"]
+        return entry
+    entry.update(shape=[im.shape[1], im.shape[0]], status="unlabeled", msgs=[f"{im_file}: {problem}; used"] if problem else [])
+    return entry
+
+
+def scan_images(im_files: list[Path], prefix: str = "") -> list[dict]:
+    """verify_image for every unlabelled image (not cached: its cache would sit among label files)."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        jobs = pool.map(verify_image, im_files)
+        return list(tqdm(jobs, total=len(im_files), desc=f"{prefix}Scanning unlabeled images", leave=False))
+
+
 def label_cache_path(label_files: list[Path]) -> Path:
     """labels/train/a.txt -> labels/train.cache.json (beside the label directory)."""
     label_dir = Path(label_files[0]).parent
@@ -133,16 +152,17 @@ def log_scan_summary(entries: list[dict], prefix: str = "") -> None:
                 f"labels, {count['empty']} empty, {count['corrupt']} corrupt, {dropped} label rows dropped")
 
 
-def verified_images(im_files: list[Path], nc: int | None = None, prefix: str = "") -> list[Path]:
+def verified_images(im_files: list[Path], nc: int | None = None, prefix: str = "", labelled: bool = True) -> list[Path]:
     """The images training uses: those the label scan (or its cache) decodes, with the scan's image warnings.
 
     For readers of a split other than the dataset (D3N's stage 1), so an image train.py skips is
-    skipped there too, with the same message, instead of aborting or being accepted.
+    skipped there too, with the same message, instead of aborting or being accepted. `labelled=False`
+    (a data YAML's unlabeled images) decodes the images without opening any label file.
     """
     im_files = [Path(f) for f in im_files]
     if not im_files:
         return []
-    entries, _ = scan_labels(im_files, img2label_paths(im_files), nc, prefix)
+    entries = scan_labels(im_files, img2label_paths(im_files), nc, prefix)[0] if labelled else scan_images(im_files, prefix)
     for f, entry in zip(im_files, entries):
         for msg in entry["msgs"]:
             if msg.startswith(f"{f}:") or entry["status"] == "corrupt":
@@ -206,7 +226,7 @@ class LoadImagesAndLabels(Dataset):
     def __init__(self, img_files: list[Path], imgsz: int = 640, batch_size: int = 16, augment: bool = False,
                  hyp: Hyp | None = None, rect: bool = False, stride: int = 32, pad: float = 0.0,
                  scale_mode: bool = False, cache: str | None = None, single_cls: bool = False,
-                 nc: int | None = None, seed: int = 0, prefix: str = "") -> None:
+                 nc: int | None = None, seed: int = 0, prefix: str = "", labelled: bool = True) -> None:
         if scale_mode and rect:
             LOGGER.warning("%sscale_mode stretches every image to a square; rect is ignored", prefix)
             rect = False
@@ -216,6 +236,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
         self.extra_strides: dict[str, int] = dict(getattr(self, "extra_strides", {}))
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
+        self.labelled = labelled  # False: unlabelled images (distillation only); no label file is opened
         self._load_labels([Path(f) for f in img_files], nc, single_cls)
         self.batch_shapes, self.batch_index = None, None
         if rect:
@@ -230,8 +251,13 @@ class LoadImagesAndLabels(Dataset):
         if not im_files:
             raise ValueError(f"{self.prefix}no image files given")
         label_files = img2label_paths(im_files)
-        entries, self.from_cache = scan_labels(im_files, label_files, nc, self.prefix)
-        log_scan_summary(entries, self.prefix)
+        if self.labelled:
+            entries, self.from_cache = scan_labels(im_files, label_files, nc, self.prefix)
+            log_scan_summary(entries, self.prefix)
+        else:
+            entries, self.from_cache = scan_images(im_files, self.prefix), False
+            for msg in (m for e in entries for m in e["msgs"]):
+                LOGGER.warning("%s%s", self.prefix, msg)
         keep = [i for i, e in enumerate(entries) if e["status"] != "corrupt"]
         if not keep:
             raise ValueError(f"{self.prefix}{im_files[0].parent}: none of the {len(im_files)} images is readable")
@@ -243,7 +269,7 @@ class LoadImagesAndLabels(Dataset):
         if single_cls:
             for lb in self.labels:
                 lb[:, 0] = 0
-        if self.augment and not any(len(lb) for lb in self.labels):
+        if self.augment and self.labelled and not any(len(lb) for lb in self.labels):
             LOGGER.warning("%s%s: no labels found; training on background only", self.prefix, im_files[0].parent)
 
     def _sort_for_rect(self, batch_size: int, pad: float) -> None:
@@ -424,6 +450,22 @@ def collate_fn(batch: list[tuple]) -> tuple:
         lb[:, 0] = i
     stacked = {name: torch.stack([e[name] for e in extras]) for name in extras[0]}
     return torch.stack(imgs), torch.cat(labels, 0), paths, shapes, stacked
+
+
+UNLABELED = "unlabeled"  # extras key: (B,) 1.0 for an unlabelled image of a joined batch, 0.0 for a labelled one
+
+
+def join_batches(labelled: tuple, unlabeled: tuple) -> tuple:
+    """A labelled batch followed by an unlabelled one (same image size): one batch whose extras say which is which."""
+    imgs_l, targets, paths_l, shapes_l, extras_l = labelled
+    imgs_u, _, paths_u, shapes_u, extras_u = unlabeled  # an unlabelled batch has no targets
+    if imgs_l.shape[1:] != imgs_u.shape[1:]:
+        raise ValueError(f"labelled images {tuple(imgs_l.shape[2:])} and unlabeled {tuple(imgs_u.shape[2:])} differ in "
+                         "size; train without --rect")
+    flags = torch.cat((torch.zeros(len(imgs_l)), torch.ones(len(imgs_u))))
+    extras = {k: torch.cat((extras_l[k], extras_u[k])) for k in extras_l}
+    return (torch.cat((imgs_l, imgs_u)), targets, (*paths_l, *paths_u), (*shapes_l, *shapes_u),
+            {**extras, UNLABELED: flags})
 
 
 def seed_worker(worker_id: int) -> None:

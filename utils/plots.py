@@ -381,7 +381,9 @@ def plot_runs(results: dict[str, Path], out: Path, title: str = "") -> Path:
         for ax, (name, columns) in zip(axes, RUN_PANELS):
             column = _first_column(df, columns)
             if column is not None:
-                ax.plot(x, df[column].to_numpy(dtype=np.float64), marker=".", linewidth=2, label=label)
+                y = df[column].to_numpy(dtype=np.float64)
+                seen = ~np.isnan(y)  # epochs between validations (--val-interval) have none
+                ax.plot(x[seen], y[seen], marker=".", linewidth=2, label=label)
         losses = [c for c in GT_LOSSES if c in df]
         if losses:
             axes[2].plot(x, df[losses].to_numpy(dtype=np.float64).sum(1), marker=".", linewidth=2, label=label)
@@ -405,6 +407,25 @@ def plot_accuracy_vs_cost(points: list[tuple[str, float, float]], out: Path, yla
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{ylabel} vs computation")
+    return _save_figure(fig, Path(out))
+
+
+def plot_accuracy_vs_labels(series: dict[str, list[tuple[float, float, float]]], out: Path,
+                            ylabel: str = "test mAP@0.5", title: str = "") -> Path:
+    """Per model (labelled fraction, mean, sd) points as one line with error bars: what labels buy."""
+    fig, (ax,) = _new_figure(figsize=(7, 5))
+    for i, (label, points) in enumerate(series.items()):
+        points = sorted(points)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                    capsize=3, linewidth=2, color=f"#{PALETTE[i % len(PALETTE)]}", label=label)
+    ax.set_xscale("log")
+    fractions = sorted({p[0] for points in series.values() for p in points})
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    ax.set_xlabel("labelled share of the train images")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{ylabel} vs labelled share (mean ± sd over seeds)")
     return _save_figure(fig, Path(out))
 
 

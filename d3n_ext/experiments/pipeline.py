@@ -25,7 +25,6 @@ import json
 import logging
 import platform
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +33,9 @@ from pathlib import Path
 import torch
 
 from d3n_ext.distill import DistillationTask, DistillOptions, SegmentDistillationTask
+from d3n_ext.experiments.summary import (BASELINE, MARGINS, SELF_DISTILLED, STUDENT, TEACHER, format_seed_summary,  # noqa: F401
+                                         seed_summary, summarise_tables, write_seed_summary)
+from d3n_ext.experiments.label_efficient import provenance_extra, summarise_fractions, with_label_subset
 from d3n_ext.fusion.task import D3NSegmentationTask, D3NTask
 from engine.segment_validator import SegmentValResult
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
@@ -83,6 +85,11 @@ class PipelineOptions:
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
     task: str = "detect"  # or "segment": YOLOv5-seg baseline, teacher and students, box and mask metrics
+    val_interval: int = 1  # validate every N epochs (best.pt chosen among those)
+    labels: str = ""  # labelled share of the train split (0.1) or count (126); '' = every label
+    unlabeled_share: float = 0.5  # students: share of each batch from the data's unlabeled images (when it has any)
+    unlabeled_weight: float = 1.0  # weight of an unlabelled image's distillation terms
+    features: str = ""  # stage-1 folder to train once and reuse ('' = <out>/features)
 
     def __post_init__(self):
         if self.task not in TASK_MODELS:
@@ -112,7 +119,7 @@ def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask |
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
                         project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, task=task.kind,
-                        task_state=task.state(), weights=weights)
+                        task_state=task.state(), weights=weights, val_interval=p.val_interval)
 
 
 TEACHER_INITS = ("scratch", "baseline")
@@ -165,7 +172,6 @@ def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
     return {**row, "CPU ms/img": round(cpu_latency_ms(model.fuse(), model.example_inputs(imgsz)), 1)}
 
 
-BASELINE, TEACHER, SELF_DISTILLED, STUDENT = "baseline", "teacher (hybrid)", "student (self-distilled)", "student (D3N)"
 
 
 def report_split(data: str) -> str:
@@ -189,13 +195,6 @@ def format_table(rows: list[dict], imgsz: int, split: str = "val") -> str:
             f"median forward of batch 1, fused, {torch.get_num_threads()} threads. The teacher's figures exclude "
             "computing its latents (DDPM + VAE encoder), which unseen images need.\n")
     return head + body + note + "".join(f"\n{line}" for line in contribution_lines(rows))
-
-
-# the margins that carry the claim: (line under a table, key of the seed summary, model, minus model)
-MARGINS = (("D3N student − baseline", "D3N student − baseline", STUDENT, BASELINE),
-           ("DDPM contribution = D3N student − self-distilled student",
-            "DDPM contribution (D3N − self-distilled student)", STUDENT, SELF_DISTILLED),
-           ("teacher − baseline", "teacher − baseline", TEACHER, BASELINE))
 
 
 def contribution_lines(rows: list[dict]) -> list[str]:
@@ -238,48 +237,60 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
-def stage1(p: PipelineOptions, compressor: str = "resvae") -> Path:
-    """Stage 1 under <out>/features (reused when finished): the repository `compressor`'s latents live in."""
+def stage1(p: PipelineOptions, compressor: str = "resvae", data: str = "") -> Path:
+    """Stage 1 under --features or <out>/features (reused when finished), on `data` (default the run's): the
+    repository `compressor`'s latents live in. A shared --features folder is trained with seed 0."""
     from d3n_ext.stage1.run import Stage1Options, run_all
 
-    features = Path(p.out) / "features"
+    features = Path(p.features or Path(p.out) / "features")
     LOGGER.info("stage 1: DDPM, %s and the latent repository in %s", compressor, features)
-    run_all(Stage1Options(data=p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
-                          device=p.device, seed=p.seed, compressor=compressor, quiet=True))
+    run_all(Stage1Options(data=data or p.data, out=features, config=p.ddpm_cfg, overrides=p.stage1_overrides or {},
+                          device=p.device, seed=0 if p.features else p.seed, compressor=compressor, quiet=True))
     return features / "pca" if compressor == "pca" else features
 
 
 def run(p: PipelineOptions) -> list[dict]:
-    """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student."""
-    start, out = time.time(), Path(p.out)
-    teacher_weights(p, out)  # a bad --teacher-init fails now, not after the baseline has trained
+    """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student.
+
+    With --labels the arms read a labelled subset of the train split (label_efficient.with_label_subset)
+    and stage 1 still learns from every image of the given data.
+    """
+    start, requested = time.time(), p
+    teacher_weights(p, Path(p.out))  # a bad --teacher-init fails now, not after the baseline has trained
     load_data_config(p.data)  # builds the synthetic data on first use
+    extra = {}
+    if p.labels:
+        p, facts = with_label_subset(p)
+        extra = provenance_extra(requested, facts)
+    out = Path(p.out)
+    unlabeled = p.unlabeled_share if load_data_config(p.data, autogenerate=False).splits.get("unlabeled") else 0.0
     task = baseline_task(p)
     baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline")
     runs = [(BASELINE, baseline, None)]
     if p.controls:  # needs no DDPM: trained before stage 1
         control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
-                                 dist_feat=p.dist_feat)
+                                 dist_feat=p.dist_feat, unlabeled_share=unlabeled, unlabeled_weight=p.unlabeled_weight)
         task = distillation_task(p, control)
         runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
                                                  "self-distilled student"), None))
-    features = RepositoryInputs.open(stage1(p))
+    features = RepositoryInputs.open(stage1(p, data=requested.data))
     task = teacher_task(p, features)
     teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
                           "teacher")
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
-                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat)
+                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat, unlabeled_share=unlabeled,
+                             unlabeled_weight=p.unlabeled_weight)
     task = distillation_task(p, distill, features)
     student = train_stage(train_options(p, "student", p.cfg, task), task, "student")
     runs[1:1] = [(TEACHER, teacher, features)]
     runs.append((STUDENT, student, None))
     split = report_split(p.data)
     rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
-    made = provenance(p, time.time() - start)
+    made = {**provenance(requested, time.time() - start), **extra}
     text = format_table(rows, p.imgsz, split) + (f"\nCommand: `{made['command']}` (seed {p.seed}); machine: "
                                                  f"{made['machine']}; {made['minutes']} minutes.\n")
     atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
+    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made, "options": asdict(p)}, indent=2))
     write_figures(out, {name: run_dir for name, run_dir, _ in runs}, rows, split)
     predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
             OutputOptions(out / "detect"), p.device, kind=p.task)
@@ -304,6 +315,11 @@ def write_figures(out: Path, runs: dict[str, Path], rows: list[dict], split: str
 def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:
     """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet."""
     for key, value in asdict(defaults).items():
+        if key == "labels":
+            ap.add_argument("--labels", nargs="+", default=[], metavar="SHARE",
+                            help="label-efficient runs: per value, keep that share (0.1) or count (126) of the train "
+                                 "labels, the rest unlabeled (label_efficient.py); default: every label")
+            continue
         if key == "stage1_overrides":
             ap.add_argument("--stage1", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                             help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200")
@@ -346,74 +362,41 @@ def options_from_flags(args: dict) -> PipelineOptions:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None  # names the preset, the section and the key
     try:
-        return PipelineOptions(**args, stage1_overrides=overrides)
+        labels = args.pop("labels", [])
+        if len(labels) > 1:
+            raise ValueError(f"--labels {' '.join(labels)}: this command runs one labelled share at a time")
+        return PipelineOptions(**args, stage1_overrides=overrides, labels=labels[0] if labels else "")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 
 
-def _stats(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
+def run_seeds(p: PipelineOptions, seeds: list[int], labels: list[str] | None = None) -> dict:
+    """The pipeline once per seed under <out>/seed<N> (and per labelled share under labels-<share>/), then
+    seeds.md / seeds.json beside them — or, with shares, fractions.md and accuracy_vs_labels.png."""
+    if not labels:
+        per_seed = {s: run(replace(p, seed=s, out=str(Path(p.out) / f"seed{s}"))) for s in seeds}
+        return write_seed_summary(per_seed, Path(p.out))
+    tables = {}
+    for s in seeds:
+        for share in labels:
+            q = replace(p, seed=s, out=str(Path(p.out) / f"seed{s}"), labels=share)
+            run(q)
+            table = Path(q.out) / f"labels-{share}" / "table.json"
+            tables[str(table)] = json.loads(table.read_text())
+    return summarise_fractions(tables, Path(p.out))
 
 
-def seed_summary(per_seed: dict[int, list[dict]]) -> dict:
-    """Mean ± sd of each model's mAP over seeds, and per seed the margins that carry the claim (mAP@0.5)."""
-    models = [r["model"] for r in next(iter(per_seed.values()))]
-    value = lambda rows, m, k: next(r[k] for r in rows if r["model"] == m)  # noqa: E731
-    first = next(iter(per_seed.values()))
-    keys = ("mAP@0.5", "mAP@0.5:0.95", *(k for k in ("mask mAP@0.5", "mask mAP@0.5:0.95") if all(k in r for r in first)))
-    summary = {"seeds": list(per_seed), "models": {m: {k: _stats([value(rows, m, k) for rows in per_seed.values()])
-                                                       for k in keys} for m in models},
-               "margins": {}}
-    for _, label, a, b in MARGINS:
-        if a in models and b in models:
-            diffs = [round(value(rows, a, "mAP@0.5") - value(rows, b, "mAP@0.5"), 4) for rows in per_seed.values()]
-            summary["margins"][label] = {**_stats(diffs), "ahead": f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds"}
-    return summary
-
-
-def format_seed_summary(summary: dict) -> str:
-    keys = list(next(iter(summary["models"].values())))  # mAP@0.5, mAP@0.5:0.95 [, the masks']
-    head = (f"Seeds {', '.join(map(str, summary['seeds']))}: mean ± sd\n\n| model | {' | '.join(keys)} | per seed "
-            f"mAP@0.5 |\n|---|{'---:|' * len(keys)}---|\n")
-    spread = lambda stats: f"{stats['mean']:.3f} ± {stats['sd']:.3f}"  # noqa: E731
-    body = "".join(f"| {m} | {' | '.join(spread(v[k]) for k in keys)} | "
-                   f"{', '.join(f'{x:.3f}' for x in v['mAP@0.5']['values'])} |\n"
-                   for m, v in summary["models"].items())
-    margins = "".join(f"\n{label}, mAP@0.5: {d['mean']:+.3f} ± {d['sd']:.3f} (per seed "
-                      f"{', '.join(f'{x:+.3f}' for x in d['values'])}; ahead on {d['ahead']})"
-                      for label, d in summary["margins"].items())
-    return head + body + margins + "\n"
-
-
-def write_seed_summary(per_seed: dict[int, list[dict]], out: Path) -> dict:
-    summary = seed_summary(per_seed)
-    text = format_seed_summary(summary)
-    atomic_write_text(out / "seeds.md", text)
-    atomic_write_text(out / "seeds.json", json.dumps(summary, indent=2))
-    print(text)
-    return summary
-
-
-def run_seeds(p: PipelineOptions, seeds: list[int]) -> dict:
-    """The pipeline once per seed under <out>/seed<N>, then seeds.md / seeds.json beside them."""
-    per_seed = {s: run(replace(p, seed=s, out=str(Path(p.out) / f"seed{s}"))) for s in seeds}
-    return write_seed_summary(per_seed, Path(p.out))
-
-
-def summarise_tables(paths: list[str], out: Path) -> dict:
-    """seeds.md / seeds.json from table.json files of earlier runs (one per seed, possibly from other sessions)."""
-    per_seed = {}
+def summarise(paths: list[str], out: Path) -> dict:
+    """--summarise: seeds.md from full-label tables, or per labelled share and fractions.md when any has one."""
+    tables = {}
     for path in paths:
         try:
-            table = json.loads(Path(path).read_text())
-            seed = table["options"]["seed"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            tables[path] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a pipeline table.json ({e})") from None
-        if seed in per_seed:
-            raise ValueError(f"{path}: seed {seed} is given twice; pass one table per seed")
-        per_seed[seed] = table["rows"]
-    return write_seed_summary(dict(sorted(per_seed.items())), out)
+    if any(isinstance(t, dict) and t.get("labels") for t in tables.values()):
+        return summarise_fractions(tables, out)
+    return summarise_tables(paths, out)
 
 
 def main(argv: list[str] | None = None) -> list[dict] | dict:
@@ -424,11 +407,13 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     ap.add_argument("--summarise", nargs="+", default=None, metavar="TABLE_JSON",
                     help="only write seeds.md/json into --out from earlier runs' table.json files (one per seed)")
     args = vars(ap.parse_args(argv))
-    seeds, tables = args.pop("seeds"), args.pop("summarise")
+    seeds, tables, labels = args.pop("seeds"), args.pop("summarise"), args.pop("labels")
     p = options_from_flags(args)
     if tables:
-        return exit_on_user_error(lambda: summarise_tables(tables, Path(p.out)))
-    return exit_on_user_error(lambda: run_seeds(p, seeds) if seeds else run(p), extra=(StopTraining,))
+        return exit_on_user_error(lambda: summarise(tables, Path(p.out)))
+    if labels and not seeds:
+        seeds = [p.seed]
+    return exit_on_user_error(lambda: run_seeds(p, seeds, labels) if seeds else run(p), extra=(StopTraining,))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ runs on stage-1 folders of other presets, training lengths or timesteps to choos
 references: `detector` (its own neck maps), `detector+ddpm` (those maps with the decoded DDPM features
 beside them) and `detector+random-unet` (with the random UNet's instead: what extra channels alone give);
 the summary then says how much the DDPM adds to what the detector already knows.
+`--labels 0.1` fits the probes on a labelled share of train only — the subset the pipeline's `--labels 0.1`
+draws with the same --seed — and refuses a --detector trained on another subset: the few-label screen.
 Writes probe.md and probe.json under --out (runs/probe/exp, exp2, ...).
 """
 
@@ -42,7 +44,9 @@ from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_lin
 from d3n_ext.stage1.checkpoints import LEVEL_NAMES
 from d3n_ext.stage1.features import read_image
 from d3n_ext.stage1.repository import LatentRepository
+from utils.checkpoints import load_checkpoint
 from utils.cli import exit_on_user_error
+from utils.label_subset import write_label_subset
 from utils.data_config import DataConfig, load_data_config
 from utils.files import atomic_write_text, increment_path
 from utils.logging import set_logging
@@ -71,6 +75,7 @@ class ProbeOptions:
     detector_imgsz: int = 0  # its input size (0: the size it was trained at)
     probe: ProbeSettings = field(default_factory=ProbeSettings)  # epochs, lr, seed (also the random UNet's)
     quiet: bool = False
+    labels: str = ""  # fit on this labelled share (0.1) or count of train, drawn with the probe's seed; '' = all
 
 
 @dataclass
@@ -232,6 +237,23 @@ def open_repository(path: str | Path) -> LatentRepository:
     return LatentRepository(path)
 
 
+def labelled_subset(data: DataConfig, o: ProbeOptions, out: Path) -> DataConfig:
+    """The data with train cut to the --labels subset (written under <out>/labels, as the pipeline writes it);
+    a --detector trained on a subset must have been trained on this one."""
+    derived = load_data_config(write_label_subset(data, o.labels, o.probe.seed, out / "labels"), autogenerate=False)
+    if o.detector:
+        trained_on = (load_checkpoint(o.detector, expect="detector").get("train_opts") or {}).get("data", "")
+        if not trained_on or not Path(trained_on).is_file():
+            raise ValueError(f"{o.detector}: its training data ({trained_on or 'not recorded'}) cannot be read, so it "
+                             f"cannot be checked against --labels {o.labels}; pass the detector the pipeline trained")
+        theirs = load_data_config(trained_on, autogenerate=False).images("train")
+        if sorted(map(str, theirs)) != sorted(map(str, derived.images("train"))):
+            raise ValueError(f"{o.detector}: trained on {len(theirs)} images of {trained_on}, not on the --labels "
+                             f"{o.labels} subset of seed {o.probe.seed} ({len(derived.images('train'))} images); use the "
+                             "same seed and share as its pipeline run")
+    return derived
+
+
 def run(o: ProbeOptions) -> dict:
     """Check the inputs, collect train and scored cells, fit and score every probe, write probe.md / probe.json."""
     t0 = time.time()
@@ -239,12 +261,14 @@ def run(o: ProbeOptions) -> dict:
     data = load_data_config(o.data)
     if o.split not in ("val", "test"):
         raise ValueError(f"--split {o.split!r}: expected 'val' or 'test' (the probes are fitted on 'train')")
+    out = increment_path(o.out, exist_ok=o.exist_ok, mkdir=True)
+    if o.labels:
+        data = labelled_subset(data, o, out)
     device = select_device(o.device)
     sources = open_sources(repo, o.sources, device, o.probe.seed, o.patch, o.detector, o.detector_imgsz)
     check_repo = any(s.name in ("ddpm-decoded", "detector+ddpm") for s in sources)
     train_paths, train_boxes = split_inputs(data, "train", repo, check_repo)
     eval_paths, eval_boxes = split_inputs(data, o.split, repo, check_repo)
-    out = increment_path(o.out, exist_ok=o.exist_ok, mkdir=True)
     grids = [lv.hw for lv in repo.levels]
     with torch.no_grad():
         train = collect_cells("train", train_paths, train_boxes, sources, grids, data.nc, o)
@@ -258,7 +282,8 @@ def run(o: ProbeOptions) -> dict:
               for i, hw in enumerate(grids)]
     result = {"repo": str(repo.root), "data": str(data.yaml_path), "split": o.split, "names": data.names,
               "train_images": len(train_paths), "eval_images": len(eval_paths), "levels": levels,
-              "settings": {"sources": [s.name for s in sources], "patch": o.patch, "detector": o.detector,
+              "settings": {"sources": [s.name for s in sources], "labels": o.labels, "patch": o.patch,
+                           "detector": o.detector,
                            "detector_imgsz": o.detector_imgsz, "max_train_cells": o.max_train_cells,
                            "max_eval_cells": o.max_eval_cells, "probe": asdict(o.probe), "rank_by": RANK_BY},
               "rows": rows, "summary": [t for lv in levels if (t := level_summary(rows, lv["name"]))],
@@ -293,10 +318,14 @@ def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
     ap.add_argument("--lr", type=float, default=0.01, help="probe Adam learning rate")
     ap.add_argument("--seed", type=int, default=0, help="cell sampling, probe batches and the random UNet")
     ap.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    ap.add_argument("--labels", default="", metavar="SHARE",
+                    help="fit on this labelled share (0.1) or count of the train split, drawn with --seed as the "
+                         "pipeline's --labels does; --detector must be trained on it (default: every label)")
     a = ap.parse_args(argv)
     settings = ProbeSettings(epochs=a.epochs, lr=a.lr, seed=a.seed)
     return ProbeOptions(a.repo, a.data, a.split, a.out, a.exist_ok, a.sources, a.device, a.batch_size,
-                        a.max_train_cells, a.max_eval_cells, a.patch, a.detector, a.detector_imgsz, settings, a.quiet)
+                        a.max_train_cells, a.max_eval_cells, a.patch, a.detector, a.detector_imgsz, settings, a.quiet,
+                        a.labels)
 
 
 def main(argv: list[str] | None = None) -> dict:

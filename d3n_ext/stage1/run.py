@@ -32,6 +32,7 @@ from d3n_ext.stage1.vae_training import (fit_compressors, image_feature_batches,
 from utils.checkpoints import load_checkpoint
 from utils.data_config import DataConfig, load_data_config
 from utils.dataloaders import verified_images
+from utils.unlabeled import check_unlabeled
 from utils.files import atomic_write_text, file_hash
 from utils.torch_utils import (barrier, distributed_env, init_distributed, init_seeds, main_process_first,
                                select_device)
@@ -39,6 +40,7 @@ from utils.torch_utils import (barrier, distributed_env, init_distributed, init_
 LOGGER = logging.getLogger(__name__)
 
 COMPRESSOR_FILES = {"resvae": "vae.pt", "pca": "pca.pt"}
+FITTING_SPLITS = ("train", "unlabeled")  # the images the DDPM and the VAE fit (no labels needed)
 
 
 @dataclass
@@ -93,10 +95,12 @@ def usable_images(data: DataConfig) -> DataConfig:
     """The data with each split cut to the images training can read (the label scan's list, warned alike).
 
     An undecodable or tiny image would otherwise abort the DDPM or the build, after the baseline
-    has trained in the pipeline, while train.py just skips it.
+    has trained in the pipeline, while train.py just skips it. Stage 1 needs no labels, so it opens
+    no label file (with --labels, the unlabelled share's labels must stay unread).
     """
     with main_process_first():
-        splits = {s: verified_images(files, data.nc, f"{s}: ") for s, files in data.splits.items()}
+        check_unlabeled(data)  # no val/test image among the unlabelled ones (one line if so)
+        splits = {s: verified_images(files, data.nc, f"{s}: ", labelled=False) for s, files in data.splits.items()}
     for split, files in splits.items():
         if not files:
             raise ValueError(f"{data.yaml_path}: split '{split}': none of its images is readable")
@@ -111,9 +115,14 @@ def step_train_ddpm(ctx: Stage1Context) -> Path:
     elif path.is_file() and not ctx.opts.force:
         LOGGER.info("%s exists: DDPM training skipped (--force retrains)", path)
     else:
-        train_ddpm(ctx.cfg, ctx.data.images("train"), path, ctx.device, ctx.opts.seed, ctx.quiet)
+        train_ddpm(ctx.cfg, fitting_images(ctx.data), path, ctx.device, ctx.opts.seed, ctx.quiet)
     barrier()
     return path
+
+
+def fitting_images(data: DataConfig) -> list[Path]:
+    """What the DDPM and the VAE learn from: train and unlabeled images (stage 1 never reads a label)."""
+    return [p for s in FITTING_SPLITS if s in data.splits for p in data.images(s)]
 
 
 def _split_images(ctx: Stage1Context, splits: list[str]) -> dict[str, list[Path]]:
@@ -151,7 +160,7 @@ def _extractor(ctx: Stage1Context) -> DDPMFeatureExtractor:
 
 def step_raw(ctx: Stage1Context) -> LatentRepository:
     """Raw fp16 features: the train split (to fit the compressors), or every split with --raw."""
-    splits = list(ctx.data.splits) if ctx.opts.raw else ["train"]
+    splits = list(ctx.data.splits) if ctx.opts.raw else [s for s in FITTING_SPLITS if s in ctx.data.splits]
     weights = {"ddpm": {"file": "../ddpm.pt", "sha256": file_hash(ctx.out / "ddpm.pt")}}
     return _build(ctx, ctx.out / "raw", splits, LatentEncoder(_extractor(ctx), None), {"kind": "raw", "weights": weights})
 
@@ -185,7 +194,7 @@ def reconstruction_report(ctx: Stage1Context, raw: LatentRepository, vaes, pcas,
     """Table III's question on our data: ResVAE vs same-width PCA, on held-out and train images."""
     n = ctx.cfg.vae.eval_images
     heldout = [p for s in ("val", "test") if s in ctx.data.splits for p in ctx.data.images(s)][:n]
-    train_rows = [i for i, s in enumerate(raw.splits) if "train" in s][:n]
+    train_rows = [i for i, s in enumerate(raw.splits) if set(s) & set(FITTING_SPLITS)][:n]
     comps = {"resvae": vaes, "pca": pcas}
     held = reconstruction_errors(image_feature_batches(_extractor(ctx), heldout, ctx.cfg.features.batch_size), comps)
     train = reconstruction_errors(repository_feature_batches(raw, train_rows), comps)

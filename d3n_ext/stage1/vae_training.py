@@ -100,10 +100,10 @@ def train_level_vae(samples: FeatureSamples, mean: torch.Tensor, std: torch.Tens
 
 def fit_compressors(raw: LatentRepository, tc: VAETrainConfig, device: torch.device, seed: int = 0,
                     quiet: bool = False) -> tuple[list[Compressor], list[Compressor], list[dict]]:
-    """Per scale: train statistics, a ResVAE and a same-width PCA, from the train rows of `raw`."""
-    rows = [i for i, splits in enumerate(raw.splits) if "train" in splits]
+    """Per scale: train statistics, a ResVAE and a same-width PCA, from the train and unlabeled rows of `raw`."""
+    rows = [i for i, splits in enumerate(raw.splits) if {"train", "unlabeled"} & set(splits)]
     if not rows:
-        raise ValueError(f"{raw.root}: no train-split rows to fit the ResVAE on")
+        raise ValueError(f"{raw.root}: no train or unlabeled rows to fit the ResVAE on")
     arrays = raw._open_arrays()  # noqa: SLF001 (same package)
     vaes, pcas, logs = [], [], []
     for level, array in zip(raw.levels, arrays):
