@@ -36,6 +36,7 @@ from d3n_ext.distill import DistillationTask, DistillOptions, SegmentDistillatio
 from d3n_ext.experiments.summary import (BASELINE, MARGINS, SELF_DISTILLED, STUDENT, TEACHER, format_seed_summary,  # noqa: F401
                                          seed_summary, summarise_tables, write_seed_summary)
 from d3n_ext.experiments.label_efficient import provenance_extra, summarise_fractions, with_label_subset
+from d3n_ext.experiments.progress import StageProgress
 from d3n_ext.fusion.task import D3NSegmentationTask, D3NTask
 from engine.segment_validator import SegmentValResult
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
@@ -146,10 +147,12 @@ def _finished(run: Path, opt: TrainOptions) -> bool:
     return keep(saved) == keep(asdict(opt)) and load_checkpoint(last).get("optimizer") is None
 
 
-def train_stage(opt: TrainOptions, task, label: str) -> Path:
-    """Train, reuse a finished run, or resume an interrupted one."""
+def train_stage(opt: TrainOptions, task, label: str, progress: StageProgress | None = None) -> Path:
+    """Train, reuse a finished run, or resume an interrupted one; `progress` prints the stage's lines."""
     run = Path(opt.project) / opt.name
     if _finished(run, opt):
+        if progress is not None:
+            progress.begin(label, note=f"reusing {run}")
         LOGGER.info("%s: reusing %s", label, run)
         return run
     last = run / "weights" / "last.pt"
@@ -157,7 +160,11 @@ def train_stage(opt: TrainOptions, task, label: str) -> Path:
         LOGGER.info("%s: resuming %s", label, last)
         opt.resume = str(last)
     LOGGER.info("%s: training %s (%d epochs at %d px)", label, opt.cfg, opt.epochs, opt.imgsz)
-    return Trainer(opt, task).train()
+    trainer = Trainer(opt, task)
+    if progress is not None:
+        progress.begin(label, opt.epochs, note=f"{opt.epochs} epochs")
+        trainer.epoch_callbacks.append(progress.epoch_done)
+    return trainer.train()
 
 
 def table_row(name: str, weights: Path, result, imgsz: int) -> dict:
@@ -264,27 +271,30 @@ def run(p: PipelineOptions) -> list[dict]:
         extra = provenance_extra(requested, facts)
     out = Path(p.out)
     unlabeled = p.unlabeled_share if load_data_config(p.data, autogenerate=False).splits.get("unlabeled") else 0.0
+    progress = StageProgress(6 if p.controls else 5, start)
     task = baseline_task(p)
-    baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline")
+    baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline", progress)
     runs = [(BASELINE, baseline, None)]
     if p.controls:  # needs no DDPM: trained before stage 1
         control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
                                  dist_feat=p.dist_feat, unlabeled_share=unlabeled, unlabeled_weight=p.unlabeled_weight)
         task = distillation_task(p, control)
         runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
-                                                 "self-distilled student"), None))
+                                                 "self-distilled student", progress), None))
+    progress.begin("stage 1 (DDPM, ResVAE, latent repository)")
     features = RepositoryInputs.open(stage1(p, data=requested.data))
     task = teacher_task(p, features)
     teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
-                          "teacher")
+                          "teacher", progress)
     distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
                              dist_lambda=p.dist_lambda, dist_feat=p.dist_feat, unlabeled_share=unlabeled,
                              unlabeled_weight=p.unlabeled_weight)
     task = distillation_task(p, distill, features)
-    student = train_stage(train_options(p, "student", p.cfg, task), task, "student")
+    student = train_stage(train_options(p, "student", p.cfg, task), task, "student", progress)
     runs[1:1] = [(TEACHER, teacher, features)]
     runs.append((STUDENT, student, None))
     split = report_split(p.data)
+    progress.begin(f"evaluation ({split} split) and detect.py")
     rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
     made = {**provenance(requested, time.time() - start), **extra}
     text = format_table(rows, p.imgsz, split) + (f"\nCommand: `{made['command']}` (seed {p.seed}); machine: "
