@@ -4,7 +4,7 @@
         --pool ../shared/datasets/NEU-Seg/images --out datasets/NEU-DET-712/unlabeled-neu-seg.txt
 
 The guard is utils.unlabeled's (exact copies by SHA-256, near copies by a 16-px thumbnail's cosine
->= 0.998). The list holds absolute paths, one per line, so `unlabeled: unlabeled-neu-seg.txt` in the
+>= 0.998); `--drop-train-copies` also drops copies of train images. The list holds absolute paths, one per line, so `unlabeled: unlabeled-neu-seg.txt` in the
 data YAML names it; a JSON report beside it lists every dropped image and the held-out image it copies.
 """
 
@@ -23,13 +23,15 @@ from utils.unlabeled import HELD_OUT, cache_path, find_leaks
 LOGGER = logging.getLogger("data.scripts.unlabeled_pool")
 
 
-def write_pool(data: str | Path, pool: list[str], out: Path) -> dict:
-    """Keep every pool image that copies no val/test image of `data`; write the list and its report."""
+def write_pool(data: str | Path, pool: list[str], out: Path, drop_train_copies: bool = False) -> dict:
+    """Keep every pool image that copies no val/test image of `data` (nor, if asked, a train image); write the
+    list and its report."""
     cfg = load_data_config(data, autogenerate=False)
     images = list_images(pool)
     if not images:
         raise ValueError(f"{', '.join(pool)}: no images found")
-    leaks = find_leaks(images, {s: cfg.splits[s] for s in HELD_OUT if s in cfg.splits}, cache_path(cfg))
+    splits = (*HELD_OUT, "train") if drop_train_copies else HELD_OUT
+    leaks = find_leaks(images, {s: cfg.splits[s] for s in splits if s in cfg.splits}, cache_path(cfg))
     dropped = {leak.unlabeled for leak in leaks}
     kept = [p.resolve() for p in images if p not in dropped]
     atomic_write_text(out, "".join(f"{p}\n" for p in kept))
@@ -38,7 +40,7 @@ def write_pool(data: str | Path, pool: list[str], out: Path) -> dict:
                           for k in leaks]}
     atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1))
     LOGGER.info("%s: %d of %d images kept, %d dropped as copies of %s images (report: %s)", out, len(kept),
-                len(images), len(leaks), "/".join(HELD_OUT), out.with_suffix(".json"))
+                len(images), len(leaks), "/".join(splits), out.with_suffix(".json"))
     return report
 
 
@@ -47,9 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", required=True, help="data YAML whose val/test images the pool must not copy")
     ap.add_argument("--pool", nargs="+", required=True, help="folders, globs or .txt lists of unlabelled images")
     ap.add_argument("--out", type=Path, required=True, help="the .txt list to write (a .json report goes beside it)")
+    ap.add_argument("--drop-train-copies", action="store_true",
+                    help="also drop copies of train images (allowed, but they add no new picture; default: keep)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return exit_on_user_error(lambda: write_pool(args.data, args.pool, args.out))
+    return exit_on_user_error(lambda: write_pool(args.data, args.pool, args.out, args.drop_train_copies))
 
 
 if __name__ == "__main__":
