@@ -137,7 +137,7 @@ def check_unlabeled(data: DataConfig) -> list[Path]:
         first = leaks[0]
         raise DataConfigError(
             f"{data.yaml_path}: {len(leaks)} unlabeled image(s) are copies of val/test images (first: {first.unlabeled} "
-            f"is a {first.how} of {first.held_out}, {first.split}); remove them, e.g. `python -m data.scripts.unlabeled_pool "
+            f"is a {first.how} of {first.held_out}, {first.split}); remove them, e.g. `python -m utils.unlabeled_pool "
             f"--data {data.yaml_path} --out <list.txt>` writes a clean list")
     also_train = find_leaks(unlabeled, {"train": data.splits.get("train") or []}, cache_path(data))
     if also_train:

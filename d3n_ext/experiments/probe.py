@@ -46,7 +46,7 @@ from d3n_ext.stage1.features import read_image
 from d3n_ext.stage1.repository import LatentRepository
 from utils.checkpoints import load_checkpoint
 from utils.cli import exit_on_user_error
-from utils.label_subset import write_label_subset
+from utils.label_subset import labels_amount, write_label_subset
 from utils.data_config import DataConfig, load_data_config
 from utils.files import atomic_write_text, increment_path
 from utils.logging import set_logging
@@ -261,14 +261,17 @@ def run(o: ProbeOptions) -> dict:
     data = load_data_config(o.data)
     if o.split not in ("val", "test"):
         raise ValueError(f"--split {o.split!r}: expected 'val' or 'test' (the probes are fitted on 'train')")
-    out = increment_path(o.out, exist_ok=o.exist_ok, mkdir=True)
     if o.labels:
-        data = labelled_subset(data, o, out)
+        labels_amount(o.labels, len(data.images("train")))  # a bad --labels fails before anything is built
     device = select_device(o.device)
     sources = open_sources(repo, o.sources, device, o.probe.seed, o.patch, o.detector, o.detector_imgsz)
     check_repo = any(s.name in ("ddpm-decoded", "detector+ddpm") for s in sources)
+    out = increment_path(o.out, exist_ok=o.exist_ok, mkdir=True) if o.labels else None  # the subset is kept in it
+    if o.labels:
+        data = labelled_subset(data, o, out)
     train_paths, train_boxes = split_inputs(data, "train", repo, check_repo)
     eval_paths, eval_boxes = split_inputs(data, o.split, repo, check_repo)
+    out = out or increment_path(o.out, exist_ok=o.exist_ok, mkdir=True)  # only once the inputs are known good
     grids = [lv.hw for lv in repo.levels]
     with torch.no_grad():
         train = collect_cells("train", train_paths, train_boxes, sources, grids, data.nc, o)

@@ -96,7 +96,7 @@ def test_unlabeled_errors_are_one_line(tmp_path, entry, expect):
 
 
 def test_unlabeled_pool_script_writes_a_clean_list(tmp_path):
-    from data.scripts.unlabeled_pool import write_pool
+    from utils.unlabeled_pool import write_pool
 
     root = _data(tmp_path, []).parent
     val = cv2.imread(str(root / "images" / "val" / "4.png"))

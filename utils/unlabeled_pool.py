@@ -1,6 +1,6 @@
 """Write a pool of unlabelled images a data YAML may use: its val/test copies dropped, the count reported.
 
-    python -m data.scripts.unlabeled_pool --data datasets/NEU-DET-712/data.yaml \
+    python -m utils.unlabeled_pool --data datasets/NEU-DET-712/data.yaml \
         --pool ../shared/datasets/NEU-Seg/images --out datasets/NEU-DET-712/unlabeled-neu-seg.txt
 
 The guard is utils.unlabeled's (exact copies by SHA-256, near copies by a 16-px thumbnail's cosine
@@ -20,7 +20,7 @@ from utils.data_config import list_images, load_data_config
 from utils.files import atomic_write_text
 from utils.unlabeled import HELD_OUT, cache_path, find_leaks
 
-LOGGER = logging.getLogger("data.scripts.unlabeled_pool")
+LOGGER = logging.getLogger("utils.unlabeled_pool")
 
 
 def write_pool(data: str | Path, pool: list[str], out: Path, drop_train_copies: bool = False) -> dict:
