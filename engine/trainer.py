@@ -206,6 +206,7 @@ class Trainer:
             self._first_run_checks()
         self.task.setup(self.model, self.hyp, self.imgsz, self.device)
         self.gains = LossGains.from_hyp(self.hyp, self.model.detect.nl, self.model.detect.nc, self.imgsz)
+        LOGGER.info("hyperparameters (%s): %s", opt.hyp or "hyp.scratch-low.yaml", self.hyp)
         LOGGER.info("Loss gains (derived from %s): %s", opt.hyp or "hyp.scratch-low.yaml", self.gains)
         if self.distributed:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
