@@ -59,3 +59,17 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
             quiet.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS, **takes)
     known, _ = quiet.parse_known_args(sys.argv[1:] if argv is None else argv)
     return set(vars(known))
+
+
+def check_flag_ranges(opt: object, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                      fractions: tuple[str, ...] = ()) -> None:
+    """Refuse numbers no run can use before anything is loaded: one line naming the flag as the user typed it.
+    `opt` holds the parsed flags by destination (conf_thres is --conf-thres); None means not given."""
+    rules = [(positive, lambda v: v > 0, "expected a positive number"),
+             (non_negative, lambda v: v >= 0, "expected 0 or more"),
+             (fractions, lambda v: 0 <= v <= 1, "expected a value in [0, 1]")]
+    for dests, ok, expected in rules:
+        for dest in dests:
+            value = getattr(opt, dest, None)
+            if value is not None and not ok(value):
+                raise ValueError(f"--{dest.replace('_', '-')} {value}: {expected}")
