@@ -36,14 +36,13 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data_config import img2label_paths
 from utils.files import atomic_write_text
 from utils.hyp import Hyp
-from utils.images import decode_image
+from utils.images import MIN_IMAGE_SIDE, decode_image
 from utils.labels import parse_label_text
 from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # bump when the verification rules change, so old caches are rebuilt
-MIN_IMAGE_SIDE = 10  # px; smaller images are treated as corrupt
 
 
 # ---------------------------------------------------------------- label verification
