@@ -42,7 +42,7 @@ from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # bump when the verification rules change, so old caches are rebuilt
+CACHE_VERSION = 4  # bump when the verification rules change, so old caches are rebuilt
 
 
 # ---------------------------------------------------------------- label verification
@@ -70,7 +70,7 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
         return entry
     labels, polygons, msgs = parse_label_text(text, label_file, nc, tuple(entry["shape"]))
     entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
-                 dropped=len(msgs), segments=[p.reshape(-1).tolist() for p in polygons])
+                 dropped=sum(m.endswith("row dropped") for m in msgs), segments=[p.reshape(-1).tolist() for p in polygons])
     return entry
 
 
