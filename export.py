@@ -4,9 +4,9 @@ optionally int8 ONNX.
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --int8 --data data/synth-defects.yaml
 
-Files go beside the weights, or into --save-dir (best.onnx, best.torchscript, best_openvino_model/, best-int8.onnx) and carry their class
-names, strides and input size, so `detect.py --weights best.onnx` and `val.py --weights best.onnx`
-run them (ONNX Runtime on CPU, its CUDA provider when present). Exports return only the decoded
+Files go beside the weights, or into --save-dir (best.onnx, best.torchscript, best_openvino_model/,
+best-int8.onnx), and carry their class names, strides and input size, so `detect.py --weights best.onnx`
+and `val.py --weights best.onnx` run them (ONNX Runtime on CPU, its CUDA provider when present). Exports return only the decoded
 (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels; NMS stays in the scripts.
 
 A D3N teacher (a model with latent side inputs) is refused: it needs the diffusion features at run

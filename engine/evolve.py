@@ -5,8 +5,8 @@ rate and schedule, momentum, decay, warm-up, loss gains, anchor threshold, colou
 augmentation); its score is YOLOv5's fitness, 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 on val, reported every epoch
 so the median pruner stops trials that fall behind. A distillation run adds its λ (`dist_lambda`).
 
-Everything lands in runs/evolve/<--name><N>/ (exp, exp2, ...): trials/<number>/ (each run), evolve.csv (every trial), and
-hyp_evolve.yaml (the best trial's full hyp, ready for --hyp) plus Optuna's plots. The study lives in an
+Everything lands in runs/evolve/<--name><N>/ (exp, exp2, ...): trials/<number>/ (each run), evolve.csv
+(every trial), and hyp_evolve.yaml (the best trial's full hyp, ready for --hyp) plus Optuna's plots. The study lives in an
 Optuna storage: by default SQLite beside them; `--evolve-storage <RDB URL>` (sqlite:///study.db, or a
 PostgreSQL/MySQL URL) lets several processes or machines work on one study, and naming an existing study
 again continues it.
@@ -138,7 +138,8 @@ def open_study(optuna, options: EvolveOptions, storage: str):
         raise ValueError(f"--evolve-storage {storage}: its database driver is not installed (PostgreSQL: pip install "
                          "psycopg2-binary; MySQL: pip install PyMySQL)") from None
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors have no common importable base
-        if type(e).__module__.split(".")[0] not in ("sqlalchemy", "sqlite3", "optuna") and not isinstance(e, ValueError):
+        storage_error = type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3", "optuna")
+        if not storage_error and not isinstance(e, ValueError):
             raise
         raise ValueError(f"--evolve-storage {storage}: cannot open study {options.study!r}: {plain_text(str(e))} "
                          "(expected an RDB URL such as sqlite:///study.db on a writable disk)") from None

@@ -175,7 +175,8 @@ def test_detect_on_a_glob_through_a_symlink_loop_runs_each_image_once(data, weig
     images = sorted((data.parent / "images" / "val").glob("*.png"))[:2]
     (tmp_path / "dir" / "sub").mkdir(parents=True)
     for i, image in enumerate(images):
-        (tmp_path / "dir" / ("sub" if i else "") / f"im{i}.jpg").write_bytes(cv2.imencode(".jpg", cv2.imread(str(image)))[1])
+        jpg = cv2.imencode(".jpg", cv2.imread(str(image)))[1]
+        (tmp_path / "dir" / ("sub" if i else "") / f"im{i}.jpg").write_bytes(jpg)
     (tmp_path / "dir" / "sub" / "loop").symlink_to("..")
     run = detect.main(["--weights", str(weights), "--source", str(tmp_path / "dir" / "**" / "*.jpg"), "--imgsz", "64",
                        "--project", str(tmp_path / "runs"), "--quiet"])

@@ -21,7 +21,8 @@ DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
                errno.ENAMETOOLONG, errno.EIO}
 DISK_HINTS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
               errno.EROFS: "write elsewhere (--project, or export.py --save-dir)",
-              errno.EACCES: "write elsewhere or fix its permissions", errno.EPERM: "write elsewhere or fix its permissions"}
+              errno.EACCES: "write elsewhere or fix its permissions",
+              errno.EPERM: "write elsewhere or fix its permissions"}
 
 
 def disk_error_message(e: OSError) -> str:

@@ -70,7 +70,8 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
         return entry
     labels, polygons, msgs = parse_label_text(text, label_file, nc, tuple(entry["shape"]))
     entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
-                 dropped=sum(m.endswith("row dropped") for m in msgs), segments=[p.reshape(-1).tolist() for p in polygons])
+                 dropped=sum(m.endswith("row dropped") for m in msgs),
+                 segments=[p.reshape(-1).tolist() for p in polygons])
     return entry
 
 
