@@ -17,8 +17,9 @@ from engine.predict import OutputOptions, predict
 from engine.predictor import PredictOptions
 from engine.tta import TTA
 from engine.validate import load_eval_model
-from utils.cli import exit_on_user_error
+from utils.cli import check_flag_ranges, exit_on_user_error
 from utils.files import increment_path
+from utils.image_size import check_img_size
 from utils.logging import set_logging
 from utils.torch_utils import select_device
 
@@ -72,7 +73,10 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
 
 
 def run(opt: argparse.Namespace, kind: str = "detect") -> Path:
-    """Load the model and its side inputs, predict over --source; outputs in project/name<N>."""
+    """Check the flags, load the model and its side inputs, predict over --source; outputs in project/name<N>."""
+    check_img_size(opt.imgsz, 1)
+    check_flag_ranges(opt, positive=("max_det",), non_negative=("tile", "line_thickness"),
+                      fractions=("conf_thres", "iou_thres", "tile_overlap"))
     options = PredictOptions(opt.imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.classes, opt.agnostic_nms,
                              opt.scale, opt.half, opt.tile, opt.tile_overlap, opt.tile_merge)
     out = OutputOptions(increment_path(opt.project / opt.name, exist_ok=opt.exist_ok), not opt.nosave, opt.save_txt,

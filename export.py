@@ -4,9 +4,9 @@ optionally int8 ONNX.
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --int8 --data data/synth-defects.yaml
 
-Files go beside the weights (best.onnx, best.torchscript, best_openvino_model/, best-int8.onnx) and carry their class
-names, strides and input size, so `detect.py --weights best.onnx` and `val.py --weights best.onnx`
-run them (ONNX Runtime on CPU, its CUDA provider when present). Exports return only the decoded
+Files go beside the weights, or into --save-dir (best.onnx, best.torchscript, best_openvino_model/,
+best-int8.onnx), and carry their class names, strides and input size, so `detect.py --weights best.onnx`
+and `val.py --weights best.onnx` run them (ONNX Runtime on CPU, its CUDA provider when present). Exports return only the decoded
 (B, N, 5 + nc) tensor [x, y, w, h, obj, cls...] in input pixels; NMS stays in the scripts.
 
 A D3N teacher (a model with latent side inputs) is refused: it needs the diffusion features at run
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from deploy.export import (DEFAULT_FORMATS, FORMATS, MIN_OPSET, check_imgsz, exp
 from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
 from deploy.quantize_openvino import quantize_openvino
 from engine.validate import evaluate
-from utils.cli import exit_on_user_error
-from utils.data_config import load_data_config
+from utils.cli import check_flag_ranges, exit_on_user_error
+from utils.data_config import check_data_yaml, load_data_config
 from utils.logging import set_logging
 from utils.torch_utils import select_device
 
@@ -40,12 +41,12 @@ ROOT = Path(__file__).resolve().parent
 def export_int8(opt: argparse.Namespace, fp32: Path, fmt: str) -> Path:
     """best.onnx -> best-int8.onnx (ONNX Runtime) or best_openvino_model/ -> best_int8_openvino_model/ (NNCF),
     calibrated on the data YAML's train split; logs mAP@0.5 before and after on its val split."""
-    data = load_data_config(opt.data)
+    data = load_data_config(opt.data)  # checked before the export began; a generated dataset is built now
     calib = calibration_files(data.images("train"), opt.calib_images)
     if fmt == "onnx":
         int8 = quantize_onnx(fp32, fp32.with_name(f"{fp32.stem}-int8.onnx"), calib, opt.int8_format)
     else:
-        int8 = quantize_openvino(fp32, openvino_dir(Path(opt.weights), "_int8"), calib)
+        int8 = quantize_openvino(fp32, openvino_dir(output_base(opt), "_int8"), calib)
     if not opt.no_map:
         before = evaluate(fp32, data, workers=opt.workers)
         after = evaluate(int8, data, workers=opt.workers)
@@ -55,12 +56,36 @@ def export_int8(opt: argparse.Namespace, fp32: Path, fmt: str) -> Path:
     return int8
 
 
-def run(opt: argparse.Namespace) -> dict[str, Path]:
-    """Export `opt.weights` to each of `opt.include`; returns {format: path}."""
-    include = [f.lower() for f in opt.include]
+def output_base(opt: argparse.Namespace) -> Path:
+    """The exports' common name: the weights' name, beside them or in --save-dir (best.pt -> <dir>/best.onnx)."""
+    return (Path(opt.save_dir) if opt.save_dir else Path(opt.weights).parent) / Path(opt.weights).name
+
+
+def check_export_flags(opt: argparse.Namespace, include: list[str]) -> None:
+    """Everything export.py can refuse before it loads the weights: formats, numbers, --int8's data, the
+    output folder's write permission."""
     unknown = sorted(set(include) - set(FORMATS))
     if unknown:
         raise ValueError(f"--include {' '.join(unknown)}: unknown format (known: {', '.join(FORMATS)})")
+    check_imgsz(opt.imgsz, 1)
+    check_flag_ranges(opt, positive=("batch_size", "calib_images"), non_negative=("workers",))
+    if opt.int8 and opt.data is None:
+        raise ValueError("--int8: calibration needs your own images; pass --data <data YAML> (its train split "
+                         "calibrates, its val split scores the int8 model)")
+    folder = output_base(opt).parent
+    if opt.save_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{folder}: cannot write the exports there (read-only or no permission); "
+                         "pass --save-dir <folder>")
+    if opt.int8:
+        check_data_yaml(opt.data)
+
+
+def run(opt: argparse.Namespace) -> dict[str, Path]:
+    """Export `opt.weights` to each of `opt.include`; returns {format: path}."""
+    include = [f.lower() for f in opt.include]
+    check_export_flags(opt, include)
     if opt.int8 and not {"onnx", "openvino"} & set(include):
         include.append("onnx")  # int8 quantizes the fp32 ONNX model (and the OpenVINO IR when it is asked for)
     device = select_device(opt.device)
@@ -79,7 +104,7 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     base = ExportMetadata(names=list(model.names), stride=model.stride.tolist(), imgsz=hw, batch=opt.batch_size,
                           dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name, nm=model.nm)
     files: dict[str, Path] = {}
-    weights = Path(opt.weights)
+    weights = output_base(opt)
     if "torchscript" in include:
         files["torchscript"] = export_torchscript(model, example, base, weights.with_suffix(".torchscript"))
     if "onnx" in include:
@@ -118,8 +143,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true", help="also write <name>-int8.onnx (ONNX Runtime) and, with openvino, "
                    "<name>_int8_openvino_model/ (NNCF): static int8 post-training quantization")
     p.add_argument("--int8-format", default="qdq", choices=INT8_FORMATS, help="int8 ONNX operator style")
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml",
-                   help="data YAML: --int8 calibrates on its train split and scores its val split")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data YAML, required by --int8: it calibrates on its train split and scores its val split")
+    p.add_argument("--save-dir", type=Path, default=None,
+                   help="folder for the exports (default: beside the weights)")
     p.add_argument("--calib-images", type=int, default=64, help="--int8 calibration images from the train split")
     p.add_argument("--no-map", action="store_true", help="--int8: skip the mAP before/after check on val")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers for the --int8 mAP check")

@@ -18,6 +18,7 @@ from pathlib import Path
 from d3n_ext.stage1.repository import LatentRepository, RepositoryError
 from d3n_ext.stage1.run import Stage1Options, prepare, run_all, step_build, step_train_ddpm, step_train_vae
 from utils.checkpoints import CheckpointError
+from utils.text import plain_text
 from utils.torch_utils import distributed_env
 
 # flag -> config key it overrides (None values leave the preset's value)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print_summary(result.summary())
         return 0
     except (RepositoryError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {plain_text(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from engine.plugins import add_plugin_flags, apply_input_rules, load_plugins
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.checkpoints import CheckpointError, load_checkpoint
-from utils.cli import exit_on_user_error
+from utils.cli import exit_on_user_error, given_flags
 from utils.logging import set_logging
-from engine.tasks import DetectionTask, check_resume_script, task_from_state, training_task
+from engine.tasks import SCRIPT_COMMANDS, DetectionTask, check_resume_script, task_from_state, training_task
 from engine.evolve import EvolveOptions, run_evolution, trial_tasks
 from engine.trainer import StopTraining, Trainer, TrainOptions
 
@@ -82,8 +82,12 @@ def resolve_resume(resume, project: str) -> str:
     return str(resume) if resume else ""
 
 
+RESUME_OVERRIDES = ("device", "workers")  # flags a resumed run takes when the user types them again
+
+
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    """Flags -> TrainOptions; with --resume the run's saved options are restored (device/workers may change)."""
+    """Flags -> TrainOptions; with --resume the run's saved options are restored: --device and --workers change
+    only when typed again (args.given), so `--resume last.pt` alone continues exactly as the run started."""
     resume = resolve_resume(args.resume, args.project)
     values = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)}
     if not values.get("cfg") and not values.get("weights"):
@@ -96,14 +100,30 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
         if unknown:
             raise SystemExit(f"error: {resume}: saved by another version (options {sorted(unknown)}); "
                              f"start a new run with --weights {resume}")
-        values = {**saved, "device": args.device, "workers": args.workers, "quiet": args.quiet}
+        typed = {k: getattr(args, k) for k in RESUME_OVERRIDES if k in getattr(args, "given", ())}
+        values = {**saved, **typed, "quiet": args.quiet}
     values["resume"] = resume
     return TrainOptions(**values)
 
 
 def run_training(opt: TrainOptions, task: DetectionTask | None = None) -> Path:
-    """Train and return the run directory; user errors become one-line exits."""
-    return exit_on_user_error(lambda: Trainer(opt, task).train(), extra=(StopTraining,))
+    """Train and return the run directory; user errors and Ctrl-C become one-line exits."""
+    def body() -> Path:
+        trainer = Trainer(opt, task)
+        try:
+            return trainer.train()
+        except KeyboardInterrupt:
+            raise SystemExit(interrupted_message(trainer.wdir / "last.pt", trainer.task)) from None
+    return exit_on_user_error(body, extra=(StopTraining,))
+
+
+def interrupted_message(last: Path, task: DetectionTask) -> str:
+    """Ctrl-C's one line: how to go on from the last finished epoch (last.pt is written atomically, so it is whole)."""
+    if not last.is_file():
+        return "interrupted before the first epoch finished: nothing to resume; start the run again"
+    command = SCRIPT_COMMANDS[task.script]
+    command = command if command.startswith("python ") else f"python {command}"
+    return f"interrupted; {last} holds the last finished epoch: resume with {command} --resume {last}"
 
 
 def model_yaml_of(args: argparse.Namespace) -> dict | None:
@@ -132,21 +152,35 @@ def task_for(args: argparse.Namespace, script: str = "train") -> tuple[TrainOpti
     return options_from_args(args), task
 
 
+def parse_train_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; `args.given` holds the flags the user typed, which --resume lets override the run's own."""
+    args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)
+    return args
+
+
 def parse_opt(argv: list[str] | None = None, script: str = "train") -> argparse.Namespace:
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
-    return add_plugin_flags(parser, script).parse_args(argv)
+    return parse_train_args(add_plugin_flags(parser, script), argv)
 
 
 def run_or_evolve(args: argparse.Namespace, opt: TrainOptions, task: DetectionTask) -> Path:
     """One training run, or with --evolve a hyper-parameter search of such runs (engine/evolve.py)."""
     if args.evolve is None:
         return run_training(opt, task)
-    options = EvolveOptions(args.evolve, args.evolve_storage, args.evolve_study, opt.seed)
     project = Path(args.project)
     if project.parent == ROOT / "runs" and project.name.startswith("train"):  # a script's default: runs/evolve
         project = ROOT / "runs" / "evolve"
-    return exit_on_user_error(lambda: run_evolution(opt, trial_tasks(task), options, project), extra=(StopTraining,))
+
+    def body() -> Path:
+        options = EvolveOptions(args.evolve, args.evolve_storage, args.evolve_study, opt.seed)
+        try:
+            return run_evolution(opt, trial_tasks(task), options, project)
+        except KeyboardInterrupt:
+            raise SystemExit("interrupted; the study keeps its finished trials (evolve.csv is written at the end): "
+                             "with --evolve-storage, the same command continues it") from None
+    return exit_on_user_error(body, extra=(StopTraining,))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from engine.plugins import add_plugin_flags, load_plugins
-from train import add_train_flags, run_or_evolve, task_for
+from train import add_train_flags, parse_train_args, run_or_evolve, task_for
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 
@@ -29,7 +29,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.set_defaults(project=str(ROOT / "runs" / "distill"))
-    return add_plugin_flags(parser, "distill").parse_args(argv)
+    return parse_train_args(add_plugin_flags(parser, "distill"), argv)
 
 
 def main(argv: list[str] | None = None) -> Path:

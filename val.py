@@ -17,8 +17,8 @@ from engine.plugins import add_plugin_flags, load_plugins, side_inputs_for
 from engine.tta import TTA
 from engine.predictor import PredictOptions
 from engine.validate import ValidationRun, load_eval_model, validate, validate_tiled
-from utils.cli import exit_on_user_error
-from utils.data_config import load_data_config
+from utils.cli import check_flag_ranges, exit_on_user_error
+from utils.data_config import check_data_yaml, load_data_config
 from utils.files import increment_path
 from utils.image_size import check_img_size
 from utils.logging import set_logging
@@ -85,10 +85,13 @@ def val_options(opt: argparse.Namespace) -> ValOptions:
 def run(opt: argparse.Namespace, kind: str = "detect") -> ValResult:
     """Check the cheap inputs first, load the model and its side inputs, evaluate; outputs in project/name<N>."""
     check_img_size(opt.imgsz, 1)  # a size below 1 px fails before anything is loaded
-    data = load_data_config(opt.data)  # a bad data YAML fails before the model is loaded
+    check_flag_ranges(opt, positive=("batch_size", "max_det"), non_negative=("workers", "tile"),
+                      fractions=("conf_thres", "iou_thres", "tile_overlap"))
+    check_data_yaml(opt.data)  # a bad data YAML fails before the model is loaded
     job = ValidationRun(opt.weights, opt.data, "val" if opt.task == "speed" else opt.task, opt.imgsz,
                          opt.batch_size, opt.scale, opt.device, opt.workers, kind=kind)
     model = load_eval_model(opt.weights, select_device(opt.device), opt.half, kind)
+    data = load_data_config(opt.data)  # a generated dataset is built only once the weights have loaded
     inputs = side_inputs_for(getattr(model, "yaml", None), opt, str(opt.weights), bool(model.side_inputs))
     if opt.augment:
         model = TTA(model)

@@ -5,11 +5,16 @@ rate and schedule, momentum, decay, warm-up, loss gains, anchor threshold, colou
 augmentation); its score is YOLOv5's fitness, 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 on val, reported every epoch
 so the median pruner stops trials that fall behind. A distillation run adds its λ (`dist_lambda`).
 
-Everything lands in runs/evolve/exp<N>/: trials/<number>/ (each run), evolve.csv (every trial), and
-hyp_evolve.yaml (the best trial's full hyp, ready for --hyp) plus Optuna's plots. The study lives in an
+Everything lands in runs/evolve/<--name><N>/ (exp, exp2, ...): trials/<number>/ (each run), evolve.csv
+(every trial), and hyp_evolve.yaml (the best trial's full hyp, ready for --hyp) plus Optuna's plots. The study lives in an
 Optuna storage: by default SQLite beside them; `--evolve-storage <RDB URL>` (sqlite:///study.db, or a
 PostgreSQL/MySQL URL) lets several processes or machines work on one study, and naming an existing study
 again continues it.
+
+Each trial draws from its own random stream, seeded from `--seed` and the trial's number in the study. The
+storage hands every number out once, so processes and machines sharing a study never repeat each other's
+start-up points (a sampler seeded with `--seed` alone made every process draw the same ones), and a study
+replayed with the same seed draws the same hyps for the same trial numbers.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from engine.tasks import DetectionTask, task_from_state
-from engine.trainer import Trainer, TrainOptions
+from engine.trainer import Trainer, TrainOptions, check_run_inputs
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import load_hyp
+from utils.text import plain_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,7 +58,11 @@ class EvolveOptions:
     trials: int = 300  # this process's trials (several processes on one storage add theirs)
     storage: str = ""  # Optuna RDB URL; '' = sqlite:///<run dir>/study.db
     study: str = "evolve"  # study name within the storage; an existing one is continued
-    seed: int | None = None  # sampler seed (None: Optuna's default randomness)
+    seed: int | None = None  # with each trial's number, seeds that trial's draws (None: Optuna's randomness)
+
+    def __post_init__(self):
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"--evolve {self.trials}: expected a positive number of trials (e.g. --evolve 300)")
 
 
 def _optuna():
@@ -81,17 +93,74 @@ def trial_tasks(task: DetectionTask) -> Callable[[object], DetectionTask]:
     return make
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number`'s draws: --seed and the trial number mixed (numpy's SeedSequence), so
+    neighbouring seeds or numbers give unrelated streams."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def trial_seeded_sampler(optuna, seed: int | None):
+    """Optuna's TPE sampler, re-seeded at the start of every trial from (seed, trial number); TPE keeps no state
+    but its random stream (it reads the study's history each time), so a fresh one per trial loses nothing."""
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.tpe = optuna.samplers.TPESampler(seed=seed)
+
+        def before_trial(self, study, trial) -> None:
+            if seed is not None:
+                self.tpe = optuna.samplers.TPESampler(seed=trial_seed(seed, trial.number))
+            self.tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.tpe.after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
+def open_study(optuna, options: EvolveOptions, storage: str):
+    """The study in `storage`, created or continued; a storage that cannot be opened (a bad URL, a database
+    driver not installed, a read-only file) is one line naming --evolve-storage."""
+    try:
+        return _create_study(optuna, study_name=options.study, storage=storage, direction="maximize",
+                             load_if_exists=True, sampler=trial_seeded_sampler(optuna, options.seed),
+                             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    except ImportError:
+        raise ValueError(f"--evolve-storage {storage}: its database driver is not installed (PostgreSQL: pip install "
+                         "psycopg2-binary; MySQL: pip install PyMySQL)") from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors have no common importable base
+        storage_error = type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3", "optuna")
+        if not storage_error and not isinstance(e, ValueError):
+            raise
+        raise ValueError(f"--evolve-storage {storage}: cannot open study {options.study!r}: {plain_text(str(e))} "
+                         "(expected an RDB URL such as sqlite:///study.db on a writable disk)") from None
+
+
 def run_evolution(opt: TrainOptions, make_task: Callable[[object], DetectionTask], options: EvolveOptions,
                   project: Path) -> Path:
     """Run `options.trials` trials of `opt` (each a fresh training run of the task `make_task(trial)` builds);
-    returns the evolve run directory with evolve.csv and hyp_evolve.yaml."""
+    returns the evolve run directory (project/<--name>, or project/<study> for a shared storage) with evolve.csv
+    and hyp_evolve.yaml. The inputs and the storage are checked before any folder is made."""
     optuna = _optuna()
-    out = _shared_dir(project, options.study) if options.storage else increment_path(project / "exp", mkdir=True)
-    storage = options.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    check_run_inputs(opt)
     base = load_hyp(opt.hyp or None).as_dict()
-    study = _create_study(optuna, study_name=options.study, storage=storage, direction="maximize", load_if_exists=True,
-                          sampler=optuna.samplers.TPESampler(seed=options.seed),
-                          pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    if options.storage:
+        storage = options.storage
+        study = open_study(optuna, options, storage)
+        out = _shared_dir(project, options.study)
+    else:
+        out = increment_path(project / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+        storage = f"sqlite:///{(out / 'study.db').resolve()}"
+        study = open_study(optuna, options, storage)
     if not study.trials:
         study.enqueue_trial({k: v for k, v in base.items() if k in SEARCH_SPACE})  # the base hyp is trial 0
     LOGGER.info("Evolving %d trials of %d epochs in study %r (%s); results in %s", options.trials, opt.epochs,
@@ -129,7 +198,7 @@ def _create_study(optuna, attempts: int = 5, **kwargs):
         try:
             return optuna.create_study(**kwargs)
         except Exception as e:  # noqa: BLE001 - the storage's driver errors have no common importable base
-            if attempt == attempts - 1 or type(e).__name__ not in RACE_ERRORS:
+            if attempt == attempts - 1 or type(e).__name__ not in RACE_ERRORS or "readonly" in str(e):
                 raise
             time.sleep(0.2 + random.random())
 

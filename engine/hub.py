@@ -6,6 +6,7 @@ of these) and returns `Detections`, in the spirit of YOLOv5's AutoShape: `.xyxy`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from engine.validate import load_eval_model
 from utils.files import atomic_write_bytes, increment_path
 from utils.torch_utils import select_device
 
+LOGGER = logging.getLogger(__name__)
 COLUMNS = ("xmin", "ymin", "xmax", "ymax", "confidence", "class", "name")
 
 
@@ -31,16 +33,41 @@ def read_input(item: Any, index: int) -> tuple[np.ndarray, str]:
             raise ValueError(f"{item}: not a readable image file (URLs are not fetched: this model runs offline)")
         return image, Path(item).name
     if isinstance(item, np.ndarray):
+        if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] != 3):
+            raise ValueError(f"image {index}: expected an (H, W, 3) BGR array, got shape {item.shape}")
+        if not item.size:
+            raise ValueError(f"image {index}: empty image (shape {item.shape})")
+        item = to_uint8(item, index)
         if item.ndim == 2:
             item = cv2.cvtColor(item, cv2.COLOR_GRAY2BGR)
-        if item.ndim != 3 or item.shape[2] != 3:
-            raise ValueError(f"image {index}: expected an (H, W, 3) BGR array, got shape {item.shape}")
         return np.ascontiguousarray(item), f"image{index}.jpg"
     if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image, without importing PIL
         rgb = np.asarray(item.convert("RGB"))
         filename = getattr(item, "filename", "")  # set when the PIL image was opened from a file
         return np.ascontiguousarray(rgb[..., ::-1]), Path(filename).name if filename else f"image{index}.jpg"
     raise TypeError(f"image {index}: expected a path, a numpy array or a PIL image, got {type(item).__name__}")
+
+
+def to_uint8(image: np.ndarray, index: int) -> np.ndarray:
+    """The 0-255 uint8 pixels the model was trained on, from the arrays users have: uint8 as is; uint16 by its
+    full range (/257); floats in 0-1 (an image / 255.0) x255, floats in 0-255 as they are; a warning says which
+    reading was taken, since a wrong guess gives boxes on the wrong pixels without any error."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        LOGGER.warning("WARNING: image %d: uint16 pixels read as 16-bit (0-65535 -> 0-255); pass uint8 if that is "
+                       "not their range", index)
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.isfinite(image)
+        if not finite.all() or image.min() < 0 or image.max() > 255:
+            raise ValueError(f"image {index}: float pixels must be finite and within 0-1 or 0-255, got "
+                             f"{np.nanmin(image):.4g} to {np.nanmax(image):.4g}")
+        unit = image.max() <= 1.0
+        LOGGER.warning("WARNING: image %d: %s pixels read as %s; pass uint8 0-255 to avoid the guess", index,
+                       image.dtype, "0-1 (x255)" if unit else "0-255")
+        return (image * (255.0 if unit else 1.0)).round().astype(np.uint8)
+    raise ValueError(f"image {index}: pixels of type {image.dtype}; expected uint8 (0-255), uint16 or float")
 
 
 @dataclass

@@ -109,7 +109,21 @@ def describe(det: torch.Tensor, names: list[str]) -> str:
     if not len(det):
         return "(no detections)"
     counts = torch.bincount(det[:, 5].long(), minlength=len(names)).tolist()
-    return ", ".join(f"{n} {names[c]}{'s' * (n > 1)}" for c, n in enumerate(counts) if n)
+    return ", ".join(f"{n} {plural(names[c], n)}" for c, n in enumerate(counts) if n)
+
+
+def plural(name: str, n: int) -> str:
+    """'2 scratches', '3 patches', '2 holes': a class name that already ends in s is left as it is."""
+    return name if n == 1 or name.endswith("s") else f"{name}s"
+
+
+def check_classes(classes: list[int] | None, names: list[str], weights: Path) -> None:
+    """--classes naming a class the model does not have would silently filter everything out."""
+    bad = [c for c in classes or [] if not 0 <= c < len(names)]
+    if bad:
+        listed = ", ".join(f"{i} {n}" for i, n in enumerate(names[:10])) + (", ..." if len(names) > 10 else "")
+        raise ValueError(f"--classes {' '.join(map(str, bad))}: {weights} has {len(names)} classes, 0-{len(names) - 1} "
+                         f"({listed})")
 
 
 class VideoWriters:
@@ -144,6 +158,7 @@ def predict(weights: Path, source: str, options: PredictOptions, out: OutputOpti
     side_fn = inputs.frame_inputs(model, dev) if inputs is not None else None
     if options.tile and kind == "segment":
         raise ValueError(f"{weights}: --tile is for detectors; segment the whole image")
+    check_classes(options.classes, list(model.names), weights)
     predictor_cls = SegmentPredictor if kind == "segment" else TiledPredictor if options.tile else Predictor
     predictor = predictor_cls(model, options, side_fn)
     names = model.names

@@ -3,6 +3,7 @@ NMS, rescale (and, for segmenters, the masks)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,6 +17,8 @@ from utils.instance_masks import masks_in_image
 from utils.nms import non_max_suppression
 from utils.tiling import merge_detections, tile_windows
 from utils.torch_utils import time_sync
+
+LOGGER = logging.getLogger(__name__)
 
 # side_fn(path, image_bgr, input_hw) -> extra model inputs (e.g. D3N latents); None for plain models
 SideFn = Callable[[object, np.ndarray, tuple[int, int]], dict[str, torch.Tensor]]
@@ -64,14 +67,17 @@ class Predictor:
         self.device = next(self.model.parameters()).device
         self.stride = int(self.model.stride.max())
         self.imgsz = check_img_size(self.options.imgsz, self.stride)  # the grids must tile the input
+        warn_static_size(self.model, self.imgsz)
 
-    def preprocess(self, im0: np.ndarray) -> tuple[torch.Tensor, tuple]:
-        """BGR image -> (1, 3, H, W) float tensor in 0-1 and the ratio_pad that undoes the resize."""
+    def preprocess(self, im0: np.ndarray, size: int | None = None) -> tuple[torch.Tensor, tuple]:
+        """BGR image -> (1, 3, H, W) float tensor in 0-1 at `size` (default imgsz) and the ratio_pad that undoes
+        the resize."""
+        size = size or self.imgsz
         if self.options.scale:
-            im, (rw, rh) = stretch(im0, (self.imgsz, self.imgsz))
+            im, (rw, rh) = stretch(im0, (size, size))
             ratio_pad = ((rh, rw), (0.0, 0.0))
         else:
-            im, (rw, rh), (dw, dh) = letterbox(im0, self.imgsz, auto=True, stride=self.stride)
+            im, (rw, rh), (dw, dh) = letterbox(im0, size, auto=True, stride=self.stride)
             ratio_pad = ((rh, rw), (dw, dh))
         x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))).to(self.device)
         x = x.half() if self.options.half and self.device.type == "cuda" else x.float()
@@ -127,7 +133,8 @@ TILE_BATCH = 8  # windows per forward pass
 @dataclass
 class TiledPredictor(Predictor):
     """Sliced inference (utils/tiling.py): the whole image at imgsz plus overlapping tile x tile windows at full
-    resolution, every box moved to the image's pixels, duplicates across windows merged."""
+    resolution (each window runs at the tile size, whatever --imgsz is), every box moved to the image's pixels,
+    duplicates across windows merged."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -136,6 +143,10 @@ class TiledPredictor(Predictor):
                              "tile its distilled student instead")
         tile_windows(1, 1, self.options.tile, self.options.tile_overlap)  # checks the flags now
         merge_detections(torch.zeros(0, 6), self.options.tile_merge)
+        self.window_size = window_input_size(self.model, self.options.tile, self.stride)
+        if self.window_size != self.imgsz:
+            LOGGER.info("--tile %d: windows run at %d px (full resolution), the whole-image pass at --imgsz %d",
+                        self.options.tile, self.window_size, self.imgsz)
 
     @torch.inference_mode()
     def __call__(self, im0: np.ndarray, path: object = None) -> torch.Tensor:
@@ -152,7 +163,7 @@ class TiledPredictor(Predictor):
         for i in range(0, len(windows), TILE_BATCH):
             group = windows[i:i + TILE_BATCH]
             t0 = time_sync()
-            inputs = [self.preprocess(im0[y1:y2, x1:x2]) for x1, y1, x2, y2 in group]
+            inputs = [self.preprocess(im0[y1:y2, x1:x2], self.window_size) for x1, y1, x2, y2 in group]
             batch = torch.cat([x for x, _ in inputs])
             t1 = time_sync()
             out = self.model(batch)
@@ -168,3 +179,26 @@ class TiledPredictor(Predictor):
         det = merge_detections(torch.cat(found), o.tile_merge, o.iou_thres)[:o.max_det]
         self.timings.add(pre, inf, post + time_sync() - t0)
         return det
+
+
+def window_input_size(model: torch.nn.Module, tile: int, stride: int) -> int:
+    """The input side of a --tile window: the tile itself (rounded up to the stride), so windows keep the image's
+    pixels; a static export takes only its own size, and says so when that shrinks the windows."""
+    size = check_img_size(tile, stride, "--tile")
+    fixed = getattr(model, "fixed_hw", None)
+    if fixed is not None and size > min(fixed):
+        LOGGER.warning("WARNING: --tile %d: this export takes a fixed %dx%d input, so each window is shrunk to %d px "
+                       "(not full resolution); re-export with --dynamic or at --imgsz %d", tile, fixed[0], fixed[1],
+                       min(fixed), size)
+        return min(fixed)
+    return size
+
+
+def warn_static_size(model: torch.nn.Module, imgsz: int) -> None:
+    """A static export smaller inputs reach are padded up to its own size (deploy.backends): say so, since the
+    user asked for another size and the results are not those of a model run at it."""
+    fixed = getattr(model, "fixed_hw", None)
+    if fixed is not None and imgsz < max(fixed):
+        LOGGER.warning("WARNING: --imgsz %d: this export was made for a fixed %dx%d input, so images are resized to %d "
+                       "and padded to %dx%d; pass --imgsz %d, or re-export with --dynamic to run at %d", imgsz,
+                       fixed[0], fixed[1], imgsz, fixed[0], fixed[1], max(fixed), imgsz)

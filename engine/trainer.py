@@ -29,7 +29,7 @@ from models.loading import build_from_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
-from utils.data_config import load_data_config
+from utils.data_config import check_data_yaml, load_data_config
 from utils.dataloaders import create_dataloader, join_batches, set_loader_epoch
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import Hyp, load_hyp
@@ -97,6 +97,19 @@ def check_train_options(opt: TrainOptions) -> None:
         raise ValueError("no model given: pass --cfg <model YAML> or --weights <checkpoint>")
 
 
+def check_run_inputs(opt: TrainOptions) -> dict | None:
+    """The cheap checks of a run, before a folder is made, data generated or labels scanned: the flags, the data
+    YAML and the --weights checkpoint (returned, so it is read once)."""
+    check_train_options(opt)
+    check_data_yaml(opt.data)
+    if opt.resume or not opt.weights:
+        return None
+    ckpt = load_checkpoint(opt.weights, expect="detector")
+    if not isinstance(ckpt.get("model_yaml"), dict):
+        raise CheckpointError(f"{opt.weights}: detector checkpoint without 'model_yaml'")
+    return ckpt
+
+
 def check_resumable(ckpt: dict, path: str | Path, epochs: int) -> None:
     """A run is resumable while it has epochs left and its optimizer state (final checkpoints drop it)."""
     done = int(ckpt.get("epoch", -1)) + 1
@@ -118,7 +131,7 @@ def remove_stale_temp_files(*folders: Path) -> list[Path]:
 
 class Trainer:
     def __init__(self, opt: TrainOptions, task: DetectionTask | None = None):
-        check_train_options(opt)
+        self.init_ckpt = check_run_inputs(opt)  # the --weights checkpoint, read before anything is written
         self.task = task or DetectionTask()
         opt.task, opt.task_state = self.task.kind, self.task.state()  # saved with opt: --resume rebuilds the task
         self.opt = opt
@@ -156,10 +169,8 @@ class Trainer:
 
     def _model_from_weights(self, nc: int) -> Model:
         """--weights: the checkpoint's own architecture (or --cfg's), filled with every tensor that fits."""
-        path = self.opt.weights
-        ckpt = load_checkpoint(path, expect="detector")
-        if not isinstance(ckpt.get("model_yaml"), dict):
-            raise CheckpointError(f"{path}: detector checkpoint without 'model_yaml'")
+        path, ckpt = self.opt.weights, self.init_ckpt
+        self.init_ckpt = None  # its tensors are copied into the model below; do not keep a second set
         cfg = load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]
         model = Model(self.task.model_cfg(cfg), nc=nc)
         state = ckpt.get("ema") or ckpt.get("state_dict") or {}
@@ -209,6 +220,7 @@ class Trainer:
             self._first_run_checks()
         self.task.setup(self.model, self.hyp, self.imgsz, self.device)
         self.gains = LossGains.from_hyp(self.hyp, self.model.detect.nl, self.model.detect.nc, self.imgsz)
+        LOGGER.info("hyperparameters (%s): %s", opt.hyp or "hyp.scratch-low.yaml", self.hyp)
         LOGGER.info("Loss gains (derived from %s): %s", opt.hyp or "hyp.scratch-low.yaml", self.gains)
         if self.distributed:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)

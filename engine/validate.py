@@ -23,7 +23,7 @@ from utils.image_size import check_img_size
 from utils.logging import quieter
 from utils.torch_utils import cpu_has_fast_bf16, select_device
 from engine.segment_validator import SegmentValidator
-from engine.predictor import PredictOptions, TiledPredictor
+from engine.predictor import PredictOptions, TiledPredictor, warn_static_size
 from engine.validator import ValOptions, ValResult, Validator, log_result, run_validation
 from utils.sources import read_image
 from utils.segment_dataset import LoadImagesAndMasks
@@ -119,6 +119,7 @@ def validate(run: ValidationRun, options: ValOptions | None = None, inputs: Side
         dataset, validator_cls = dataset or (LoadImagesAndMasks, {}), SegmentValidator
     stride = max(int(model.stride.max()), 32)
     run.imgsz = check_img_size(run.imgsz, stride)
+    warn_static_size(model, run.imgsz)
     loader = split_loader(run, data, stride, options.single_cls, dataset, rect=getattr(model, "fixed_hw", None) is None)
     names = ["item"] if options.single_cls else data.names
     return run_validation(model, loader, names, run.save_dir, options, device=device, validator_cls=validator_cls)

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python segment/train.py`, as YOLOv5 users type
 import argparse
 
 from engine.plugins import add_plugin_flags, load_plugins
-from train import ROOT, add_train_flags, run_or_evolve, task_for
+from train import ROOT, add_train_flags, parse_train_args, run_or_evolve, task_for
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
 
@@ -33,7 +33,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mask-ratio", type=int, default=4, help="masks at 1/mask-ratio of the input size")
     parser.add_argument("--no-overlap", action="store_true", help="one mask per object instead of YOLOv5's "
                         "overlapping instance map per image")
-    args = add_plugin_flags(parser, "segment").parse_args(argv)
+    args = parse_train_args(add_plugin_flags(parser, "segment"), argv)
     if not args.resume and not args.cfg and not args.weights:
         args.cfg = DEFAULT_CFG
     return args

@@ -161,10 +161,12 @@ def test_a_kill_during_a_checkpoint_save_leaves_no_debris_and_no_epoch_twice(dat
         real_save(path, model, ema, **extra)
 
     monkeypatch.setattr(trainer, "save_model", killed_while_writing_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:  # Ctrl-C: one line saying how to resume
         train.main(train_flags(data, tmp_path, "killed", "--cfg", str(tiny_yaml), "--epochs", "3"))
     monkeypatch.setattr(trainer, "save_model", real_save)
     run = tmp_path / "killed"
+    assert str(e.value.code) == (f"interrupted; {run / 'weights' / 'last.pt'} holds the last finished epoch: "
+                                 f"resume with python train.py --resume {run / 'weights' / 'last.pt'}")
     results = run / "results.csv"
     header, row0 = results.read_text().splitlines()
     results.write_text(f"{header}\n{row0}\n1{row0[1:]}\n")  # a row past the checkpoint, as the old write order left
@@ -253,7 +255,7 @@ def test_unknown_generate_keyword_is_one_line_listing_the_known_ones(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_generate_pointed_at_an_existing_dataset_touches_nothing(tmp_path):
+def test_generate_pointed_at_an_existing_dataset_touches_nothing(weights, tmp_path):
     """A copy of synth-defects.yaml whose path: names the user's own data (which has synth_* files and a cache)."""
     own = tmp_path / "my-defects"
     for split in ("train", "val"):
@@ -267,7 +269,7 @@ def test_generate_pointed_at_an_existing_dataset_touches_nothing(tmp_path):
     copied = tmp_path / "copied.yaml"
     copied.write_text((REPO / "data" / "synth-defects.yaml").read_text().replace("datasets/synth-defects", str(own)))
     with pytest.raises(SystemExit) as e:
-        val.main(["--data", str(copied), "--project", str(tmp_path / "runs")])
+        val.main(["--data", str(copied), "--weights", str(weights), "--project", str(tmp_path / "runs")])
     one_line_error(e, str(copied), str(own), "not made by the synthetic generator", "generate:")
     assert snapshot(own) == before
 
@@ -382,12 +384,12 @@ def test_a_segmentation_checkpoint_in_a_detection_script_is_one_line(script, dat
     one_line_error(e, str(seg), "segmentation model", f"segment/{'val' if script == 'val' else 'predict'}.py")
 
 
-def test_int8_export_of_a_segmenter_is_one_line(tmp_path):
+def test_int8_export_of_a_segmenter_is_one_line(data, tmp_path):
     model = Model("yolov5n-seg.yaml", nc=2)
     model.names = ["a", "b"]
     seg = tmp_path / "seg.pt"
     save_model(seg, model)
     with pytest.raises(SystemExit) as e:
-        export.main(["--weights", str(seg), "--imgsz", "64", "--include", "onnx", "--int8"])
+        export.main(["--weights", str(seg), "--imgsz", "64", "--include", "onnx", "--int8", "--data", str(data)])
     one_line_error(e, str(seg), "--int8")
     assert not list(tmp_path.glob("*.onnx"))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from utils.files import atomic_write_bytes
+from utils.text import plain_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = plain_text(str(e)) or type(e).__name__  # PyTorch's messages carry colour codes and pages of advice
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or foreign file: {first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a D3N checkpoint (expected format {FORMAT!r})")

@@ -101,8 +101,8 @@ def _parse_names(yaml_path: Path, raw: dict) -> list[str]:
     return [str(n) for n in names]
 
 
-def _run_generator(yaml_path: Path, root: Path, spec: dict) -> None:
-    """Call the registered generator with the YAML's keywords, each checked against its signature first."""
+def _checked_generator(yaml_path: Path, spec: dict):
+    """(the registered generator, its keywords from the YAML), each keyword checked against its signature."""
     if not isinstance(spec, dict) or spec.get("name") not in GENERATORS:
         raise DataConfigError(f"{yaml_path}: 'generate.name' must be one of {sorted(GENERATORS)}")
     module, func = GENERATORS[spec["name"]]
@@ -113,14 +113,21 @@ def _run_generator(yaml_path: Path, root: Path, spec: dict) -> None:
     if unknown:
         raise DataConfigError(f"{yaml_path}: unknown 'generate' keys {unknown} for {spec['name']!r} "
                               f"(known: {', '.join(['name', *known])})")
+    return generator, kwargs
+
+
+def _run_generator(yaml_path: Path, root: Path, spec: dict) -> None:
+    """Call the registered generator with the YAML's keywords, checked first."""
+    generator, kwargs = _checked_generator(yaml_path, spec)
     try:
         generator(root, **kwargs)
     except (FileExistsError, ValueError) as e:
         raise DataConfigError(f"{yaml_path}: generate: {e}") from None
 
 
-def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
-    """Parse and check a data YAML; build a generated dataset on first use."""
+def load_data_config(path: str | Path, autogenerate: bool = True, list_splits: bool = True) -> DataConfig:
+    """Parse and check a data YAML; build a generated dataset on first use (`list_splits=False`: the YAML alone,
+    no image listed, nothing generated)."""
     yaml_path = Path(path)
     if not yaml_path.is_file() and (REPO_ROOT / "data" / yaml_path.name).is_file() and not yaml_path.parent.name:
         yaml_path = REPO_ROOT / "data" / yaml_path.name  # `--data synth-defects.yaml` as in YOLOv5
@@ -136,6 +143,10 @@ def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
     names = _parse_names(yaml_path, raw)
     root = Path(raw.get("path") or yaml_path.parent)
     root = root if root.is_absolute() else (REPO_ROOT / root).resolve()
+    if not list_splits:
+        if "generate" in raw:
+            _checked_generator(yaml_path, raw["generate"])
+        return DataConfig(yaml_path=yaml_path, root=root, names=names)
     if "generate" in raw and autogenerate:
         _run_generator(yaml_path, root, raw["generate"])
     cfg = DataConfig(yaml_path=yaml_path, root=root, names=names)
@@ -149,3 +160,9 @@ def load_data_config(path: str | Path, autogenerate: bool = True) -> DataConfig:
         raise DataConfigError(f"{yaml_path}: 'unlabeled: {raw['unlabeled']}' names no images "
                               f"(expected a folder, a glob or a .txt list of {', '.join(IMG_FORMATS[:4])} ... files)")
     return cfg
+
+
+def check_data_yaml(path: str | Path) -> DataConfig:
+    """The check scripts run before they load weights, generate data or scan labels: the YAML's keys and names
+    (its splits' images are listed later, by load_data_config, once the cheap checks have passed)."""
+    return load_data_config(path, autogenerate=False, list_splits=False)

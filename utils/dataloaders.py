@@ -36,14 +36,13 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data_config import img2label_paths
 from utils.files import atomic_write_text
 from utils.hyp import Hyp
-from utils.images import decode_image
+from utils.images import MIN_IMAGE_SIDE, decode_image
 from utils.labels import parse_label_text
 from utils.torch_utils import main_process_first
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # bump when the verification rules change, so old caches are rebuilt
-MIN_IMAGE_SIDE = 10  # px; smaller images are treated as corrupt
+CACHE_VERSION = 4  # bump when the verification rules change, so old caches are rebuilt
 
 
 # ---------------------------------------------------------------- label verification
@@ -71,7 +70,8 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
         return entry
     labels, polygons, msgs = parse_label_text(text, label_file, nc, tuple(entry["shape"]))
     entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
-                 dropped=len(msgs), segments=[p.reshape(-1).tolist() for p in polygons])
+                 dropped=sum(m.endswith("row dropped") for m in msgs),
+                 segments=[p.reshape(-1).tolist() for p in polygons])
     return entry
 
 

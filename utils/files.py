@@ -38,8 +38,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk's write() names no file: name the target
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -57,6 +57,10 @@ class Hyp:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def __str__(self) -> str:
+        """The log line, each value as its YAML wrote it (Python's shortest repr: 0.16 stays 0.16)."""
+        return ", ".join(f"{k}={v:g}" if float(v).is_integer() else f"{k}={v!r}" for k, v in self.as_dict().items())
+
 
 def load_hyp(path: str | Path | None = None) -> Hyp:
     """Read a hyp YAML; every key must be a known Hyp field, every value a number."""

@@ -55,7 +55,7 @@ def polygon_box(xy: np.ndarray, image_wh: tuple[int, int]) -> np.ndarray:
 def parse_label_text(text: str, label_file: str | Path, nc: int | None,
                      image_wh: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """Label file text of a (w, h) image -> ((k, 5) float32 [cls, x, y, w, h], polygons, one message per
-    dropped row).
+    dropped row and one for a box file that also holds polygon rows).
 
     A file holds YOLO boxes (`cls x y w h`) or YOLOv5 segment polygons (`cls x1 y1 ... xn yn`, normalised),
     whichever most rows are; rows of the other kind are dropped with a message. For polygons, `polygons`
@@ -81,4 +81,13 @@ def parse_label_text(text: str, label_file: str | Path, nc: int | None,
                 continue
             problem = "duplicate row"
         msgs.append(f"{label_file}:{lineno}: {problem}; row dropped")
+    if not polygon and any(len(f) > 6 for _, f in lines):
+        msgs.append(mixed_file_note(label_file, [n for n, f in lines if len(f) == 5]))
     return np.array(rows, np.float32).reshape(-1, 5), polygons, msgs
+
+
+def mixed_file_note(label_file: str | Path, box_lines: list[int]) -> str:
+    """A box file with polygon rows: its 5-number rows may be 2-point segments (`cls x1 y1 x2 y2`, as YOLOv5 reads
+    them in such a file) that a box reading turns into a wrong box, so the user is told which rows were kept."""
+    return (f"{label_file}: mixes polygon rows with 5-number rows; lines {', '.join(map(str, box_lines))} were read as "
+            "boxes (cls x y w h): if any is a 2-point segment, it is now a wrong box; give segments 3 or more points")

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from utils.boxes import bbox_iou
 from utils.hyp import Hyp
+from utils.text import readable
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class LossGains:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        """The log line: derived gains to 4 significant digits (0.16, not 0.16000000000000003)."""
+        return f"LossGains({', '.join(f'{k}={readable(v)}' for k, v in self.as_dict().items())})"
 
 
 def smooth_bce_targets(eps: float = 0.0) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from utils.data_config import IMG_FORMATS, VID_FORMATS
-from utils.images import decode_image
+from utils.images import MIN_IMAGE_SIDE, decode_image
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def resolve_source(source: str | Path) -> list[Path]:
     s = str(source)
     p = Path(s)
     if any(ch in s for ch in "*?["):
-        files = [Path(f) for f in sorted(glob.glob(s, recursive=True))]
+        files = glob_files(s)
     elif p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
     elif p.suffix.lower() == ".txt" and p.is_file():
@@ -64,6 +65,66 @@ def resolve_source(source: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{source}: no images or videos found (image types: {', '.join(IMG_FORMATS)}; "
                                 f"video types: {', '.join(VID_FORMATS)})")
     return media
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob, each once, sorted. `**` is walked by hand, every real folder visited once: Python's
+    glob follows a symlink loop (`sub/loop -> ..`) under ever longer names until the OS gives up (40 levels,
+    or with two loops effectively forever), where a directory --source already visits each folder once."""
+    if "**" not in pattern:
+        return sorted(Path(f) for f in glob.glob(pattern) if os.path.isfile(f))
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    root = Path(*parts[:first]) if first else Path(".")
+    rule = re.compile(glob_regex(parts[first:]))
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # as glob: hidden folders only by name
+        for name in names:
+            path = Path(folder) / name
+            if not name.startswith(".") and rule.fullmatch(path.relative_to(root).as_posix()) and path.is_file():
+                found.append(path)
+    unique = {}
+    for path in sorted(found, key=lambda p: (len(p.parts), str(p))):  # the shortest name of a file reached twice
+        unique.setdefault(os.path.realpath(path), path)
+    return sorted(unique.values())
+
+
+def glob_regex(parts: tuple[str, ...]) -> str:
+    """A regular expression for the parts of a glob below its fixed folder (matched against '/'-joined relative
+    paths): `**` any number of folders (none included), `*` and `?` within one name, `[...]` a character class."""
+    out = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:[^/]*/)*")
+        else:
+            out.append(_name_regex(part) + ("" if last else "/"))
+    return "".join(out)
+
+
+def _name_regex(name: str) -> str:
+    out, i = [], 0
+    while i < len(name):
+        ch = name[i]
+        close = name.find("]", i + 2) if ch == "[" else -1
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif close > 0:
+            body = name[i + 1:close]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = close
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
 
 
 def output_stems(files: list[Path]) -> dict[Path, Path]:
@@ -102,8 +163,10 @@ def iter_frames(files: list[Path], skipped: list[Path] | None = None) -> Iterato
             yield from _video_frames(path, skipped, stems[path])
             continue
         im = read_image(path)
-        if im is None:
-            LOGGER.warning("WARNING: %s: unreadable or corrupt image, skipped", path)
+        if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:  # the rule training's label scan follows
+            problem = "unreadable or corrupt image" if im is None else \
+                f"image smaller than {MIN_IMAGE_SIDE} px ({im.shape[1]}x{im.shape[0]})"
+            LOGGER.warning("WARNING: %s: %s, skipped", path, problem)
             skipped.append(path)
             continue
         yield Frame(path, im, out_stem=stems[path])
@@ -130,3 +193,6 @@ def _video_frames(path: Path, skipped: list[Path], out_stem: Path) -> Iterator[F
     if i == 0:
         LOGGER.warning("WARNING: %s: no decodable frames, skipped", path)
         skipped.append(path)
+    elif i < frames:
+        LOGGER.warning("WARNING: %s: decoding stopped after frame %d of the %d its header announces: the video is "
+                       "truncated or damaged, %d frame(s) missing", path, i, frames, frames - i)

@@ -30,7 +30,7 @@ from d3n_ext.stage1.repository_builder import LevelSpec, build_repository, plan_
 from d3n_ext.stage1.vae_training import (fit_compressors, image_feature_batches, reconstruction_errors,
                                          repository_feature_batches)
 from utils.checkpoints import load_checkpoint
-from utils.data_config import DataConfig, load_data_config
+from utils.data_config import DataConfig, check_data_yaml, load_data_config
 from utils.dataloaders import verified_images
 from utils.unlabeled import check_unlabeled
 from utils.files import atomic_write_text, file_hash
@@ -76,10 +76,16 @@ class Stage1Context:
 
 
 def prepare(opts: Stage1Options) -> Stage1Context:
-    """Parse the configs once, pick the device, join torchrun's process group if there is one."""
+    """Parse the configs once and read the given weights (before any folder is made or data generated), pick the
+    device, join torchrun's process group if there is one."""
     cfg = load_stage1_config(opts.config, opts.overrides)
     if opts.compressor not in COMPRESSOR_FILES:
         raise ValueError(f"--compressor {opts.compressor!r}: expected one of {sorted(COMPRESSOR_FILES)}")
+    check_data_yaml(opts.data)
+    if opts.ddpm_weights:
+        load_checkpoint(opts.ddpm_weights, expect="ddpm")
+    if opts.vae_weights:
+        load_checkpoint(opts.vae_weights)  # a readable checkpoint; its kind is checked where it is used
     device = select_device(opts.device)
     rank, local_rank, world = distributed_env()
     if world > 1 and device.type == "cuda":

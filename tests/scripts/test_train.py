@@ -42,7 +42,7 @@ def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path, ti
         real_step(self)
 
     monkeypatch.setattr(Trainer, "_optimizer_step", killed_mid_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="resume with python train.py --resume"):  # Ctrl-C: one line, no traceback
         train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "killed"))
     monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
     killed = tmp_path / "killed"
