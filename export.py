@@ -127,31 +127,44 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     return files
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """export.py's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt", help="detector checkpoint (.pt)")
+    p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
+                   help="detector or segmenter checkpoint (.pt) (default: %(default)s)")
     p.add_argument("--include", nargs="+", default=list(DEFAULT_FORMATS),
-                   help=f"formats: {' '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)})")
-    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size (any batch with --dynamic)")
-    p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
+                   help=f"formats, any of: {' '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)})")
+    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640],
+                   help="image size: H, or H W; rounded up to the stride (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch size of the exported input; any batch with --dynamic (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="device: cpu or a CUDA index such as 0 (default: %(default)s)")
     p.add_argument("--half", action="store_true",
                    help="FP16 export: ONNX/TorchScript on CUDA devices; OpenVINO: an fp16-compressed IR on any device")
     p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     p.add_argument("--simplify", action="store_true", help="ONNX: simplify with onnxsim when installed")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset version (>= {MIN_OPSET})")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset version, >= {MIN_OPSET} (default: %(default)s)")
     p.add_argument("--int8", action="store_true", help="also write <name>-int8.onnx (ONNX Runtime) and, with openvino, "
                    "<name>_int8_openvino_model/ (NNCF): static int8 post-training quantization")
-    p.add_argument("--int8-format", default="qdq", choices=INT8_FORMATS, help="int8 ONNX operator style")
+    p.add_argument("--int8-format", default="qdq", choices=INT8_FORMATS,
+                   help="int8 ONNX operator style: QuantizeLinear/DequantizeLinear pairs (qdq) or QLinear* operators "
+                   "(default: %(default)s)")
     p.add_argument("--data", type=Path, default=None,
-                   help="data YAML, required by --int8: it calibrates on its train split and scores its val split")
+                   help="data YAML, required by --int8: it calibrates on its train split and scores its val split "
+                   "(default: none)")
     p.add_argument("--save-dir", type=Path, default=None,
                    help="folder for the exports (default: beside the weights)")
-    p.add_argument("--calib-images", type=int, default=64, help="--int8 calibration images from the train split")
+    p.add_argument("--calib-images", type=int, default=64,
+                   help="--int8 calibration images from the train split (default: %(default)s)")
     p.add_argument("--no-map", action="store_true", help="--int8: skip the mAP before/after check on val")
-    p.add_argument("--workers", type=int, default=2, help="dataloader workers for the --int8 mAP check")
+    p.add_argument("--workers", type=int, default=2,
+                   help="dataloader workers for the --int8 mAP check (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:

@@ -34,49 +34,63 @@ OVERRIDES = {
 
 def common_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--out", default="runs/features/exp", help="output folder = the latent repository")
+    p.add_argument("--out", default="runs/features/exp",
+                   help="output folder = the latent repository (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
     return p
 
 
 def pipeline_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data", required=True, help="data YAML (train split fits the DDPM and VAE)")
-    p.add_argument("--ddpm-cfg", default="ddpm-tiny", help="stage-1 preset: ddpm-tiny, ddpm-paper or a YAML path")
-    p.add_argument("--device", default="", help="'' (auto), cpu, 0, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", required=True, help="data YAML; its train split fits the DDPM and VAE (required)")
+    p.add_argument("--ddpm-cfg", default="ddpm-tiny",
+                   help="stage-1 preset: a name in d3n_ext/stage1/configs (ddpm-tiny, ddpm-cpu, ddpm-paper, ...) "
+                   "or a YAML path (default: %(default)s)")
+    p.add_argument("--device", default="",
+                   help="device: cpu or a CUDA index such as 0 (default: the first GPU, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of DDPM and VAE training (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="retrain the DDPM / VAE even when weights exist")
     g = p.add_argument_group("DDPM")
-    g.add_argument("--iters", type=int, help="DDPM training iterations")
-    g.add_argument("--batch-size", type=int, help="DDPM batch size (total over ranks)")
-    g.add_argument("--lr", type=float, help="DDPM Adam lr (cosine decay to lr*lrf)")
-    g.add_argument("--lrf", type=float, help="final lr factor")
-    g.add_argument("--paper-lr", action="store_true", help="the paper's 5e-6 -> 5e-8")
-    g.add_argument("--schedule", choices=["linear", "cosine"], help="beta schedule")
-    g.add_argument("--ddpm-size", type=int, help="DDPM image size (preset: 32 tiny, 64 paper)")
-    g.add_argument("--ddpm", help="use these DDPM weights (copied into --out) instead of training")
+    g.add_argument("--iters", type=int, help="DDPM training iterations (default: the preset's)")
+    g.add_argument("--batch-size", type=int, help="DDPM batch size, total over ranks (default: the preset's)")
+    g.add_argument("--lr", type=float, help="DDPM Adam lr, cosine decay to lr*lrf (default: the preset's)")
+    g.add_argument("--lrf", type=float, help="DDPM final lr factor (default: the preset's)")
+    g.add_argument("--paper-lr", action="store_true",
+                   help="DDPM lr as the paper: 5e-6 decaying to 5e-8 (overrides --lr and --lrf)")
+    g.add_argument("--schedule", choices=["linear", "cosine"], help="DDPM beta schedule (default: the preset's)")
+    g.add_argument("--ddpm-size", type=int, help="DDPM image size (default: the preset's: 32 tiny, 64 paper)")
+    g.add_argument("--ddpm",
+                   help="use these DDPM weights (copied into --out) instead of training (default: none, train one)")
     g = p.add_argument_group("features")
-    g.add_argument("--timesteps", type=int, nargs="+", help="noise levels t (default 100 150 250)")
-    g.add_argument("--noise", choices=["per-image", "shared"], help="noise rule")
-    g.add_argument("--noise-seed", type=int)
-    g.add_argument("--combine", choices=["concat", "mean"], help="how decoded timesteps are combined downstream")
-    g.add_argument("--extract-batch", type=int, help="images per extraction forward")
+    g.add_argument("--timesteps", type=int, nargs="+",
+                   help="noise levels t the features are taken at (default: the preset's)")
+    g.add_argument("--noise", choices=["per-image", "shared"],
+                   help="noise rule: per-image (seeded from the image's pixels) or shared (one for all images) "
+                   "(default: the preset's)")
+    g.add_argument("--noise-seed", type=int, help="seed of the feature noise (default: the preset's)")
+    g.add_argument("--combine", choices=["concat", "mean"],
+                   help="how decoded timesteps are combined downstream (default: the preset's)")
+    g.add_argument("--extract-batch", type=int, help="images per extraction forward (default: the preset's)")
     g.add_argument("--splits", nargs="+", help="splits to encode (default: all in the data YAML)")
     g.add_argument("--raw", action="store_true", help="also keep raw features of every split in OUT/raw")
-    g.add_argument("--compressor", default="resvae", choices=["resvae", "pca"], help="build latents with (pca -> OUT/pca)")
+    g.add_argument("--compressor", default="resvae", choices=["resvae", "pca"],
+                   help="build latents with a ResVAE, or with PCA into OUT/pca (default: %(default)s)")
     g = p.add_argument_group("ResVAE")
-    g.add_argument("--latent-channels", type=int)
-    g.add_argument("--vae-epochs", type=int)
-    g.add_argument("--vae-batch-size", type=int)
-    g.add_argument("--vae-lr", type=float)
-    g.add_argument("--kl-weight", type=float)
-    g.add_argument("--vae-reduction", choices=["sum", "mean"])
-    g.add_argument("--eval-images", type=int, help="held-out images in the VAE-vs-PCA report")
-    g.add_argument("--vae", help="use these ResVAE weights (copied into --out) instead of training")
+    g.add_argument("--latent-channels", type=int, help="latent channels per level (default: the preset's)")
+    g.add_argument("--vae-epochs", type=int, help="ResVAE training epochs (default: the preset's)")
+    g.add_argument("--vae-batch-size", type=int, help="ResVAE batch size (default: the preset's)")
+    g.add_argument("--vae-lr", type=float, help="ResVAE Adam lr (default: the preset's)")
+    g.add_argument("--kl-weight", type=float, help="weight of the KL term (default: the preset's)")
+    g.add_argument("--vae-reduction", choices=["sum", "mean"],
+                   help="sum (the ELBO) or mean of the per-sample error and KL (default: the preset's)")
+    g.add_argument("--eval-images", type=int, help="held-out images in the VAE-vs-PCA report (default: the preset's)")
+    g.add_argument("--vae",
+                   help="use these ResVAE weights (copied into --out) instead of training (default: none, train one)")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The subcommands and their flags; parses nothing."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     both = [common_flags(), pipeline_flags()]
@@ -87,7 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub.add_parser("inspect", parents=[common_flags()], help="print a repository's sizes and settings")
     verify = sub.add_parser("verify", parents=[common_flags()], help="check hashes, values and images")
     verify.add_argument("--no-images", action="store_true", help="skip re-hashing the images")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def options(args: argparse.Namespace) -> Stage1Options:

@@ -29,45 +29,66 @@ LOGGER = logging.getLogger("train")
 
 def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The YOLOv5 training flags (shared with train_distill.py)."""
-    p.add_argument("--weights", default="", help="initial weights (detector checkpoint); '' = from scratch")
-    p.add_argument("--cfg", default="", help="model YAML (path or name in models/); default: the --weights "
-                   "checkpoint's own model, else yolov5s.yaml")
-    p.add_argument("--data", default=str(ROOT / "data" / "synth-defects.yaml"), help="data YAML")
-    p.add_argument("--hyp", default="", help="hyper-parameter YAML (default data/hyps/hyp.scratch-low.yaml)")
-    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all processes")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train/val image size (pixels)")
-    p.add_argument("--rect", action="store_true", help="rectangular training batches")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: path to last.pt, or the newest run")
-    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--weights", default="",
+                   help="initial weights: a detector checkpoint (.pt) to fine-tune (default: none, train from scratch)")
+    p.add_argument("--cfg", default="",
+                   help="model YAML, path or name in models/ (default: the --weights checkpoint's own "
+                   "model, else yolov5s.yaml; segment.train: yolov5s-seg.yaml)")
+    p.add_argument("--data", default=str(ROOT / "data" / "synth-defects.yaml"),
+                   help="data YAML: image folders and class names (default: %(default)s)")
+    p.add_argument("--hyp", default="", help="hyper-parameter YAML (default: data/hyps/hyp.scratch-low.yaml)")
+    p.add_argument("--epochs", type=int, default=100, help="total training epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="total batch size for all processes (default: %(default)s)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640,
+                   help="train/val image size in pixels (default: %(default)s)")
+    p.add_argument("--rect", action="store_true",
+                   help="rectangular training batches (each batch padded to its images' aspect ratio, not shuffled)")
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="resume an interrupted run from its last.pt; alone: the newest last.pt under --project "
+                   "(default: off)")
+    p.add_argument("--nosave", action="store_true", help="only save checkpoints after the final epoch")
     p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
     p.add_argument("--val-interval", type=int, default=1, metavar="N",
-                   help="validate every N epochs and after the last; best.pt is chosen among those (default: 1)")
-    p.add_argument("--noautoanchor", action="store_true", help="keep the YAML's anchors")
-    p.add_argument("--noplots", action="store_true", help="write no plots")
+                   help="validate every N epochs and after the last; best.pt is chosen among those (default: %(default)s)")
+    p.add_argument("--noautoanchor", action="store_true",
+                   help="keep the YAML's anchors: skip the anchor check and k-means refit")
+    p.add_argument("--noplots", action="store_true", help="write no plots (labels, batches, curves)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="write no TensorBoard event files (on by default: tensorboard --logdir runs/train)")
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, metavar="TRIALS",
-                   help="hyper-parameter search on Optuna: TRIALS short runs (default 300) -> runs/evolve/exp")
+                   help="hyper-parameter search on Optuna: TRIALS short runs into runs/evolve/exp "
+                        "(default: off; the flag alone: %(const)s trials)")
     p.add_argument("--evolve-storage", default="", metavar="URL",
-                   help="Optuna RDB storage shared by several processes or machines, e.g. sqlite:///study.db")
-    p.add_argument("--evolve-study", default="evolve", help="study name in the storage; an existing one continues")
-    p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%%")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
-    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per process under DDP)")
-    p.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
-    p.add_argument("--name", default="exp", help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
-    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
-    p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
-    p.add_argument("--freeze", nargs="+", type=int, default=[], help="freeze layers, e.g. --freeze 0 1 2")
-    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
-    p.add_argument("--seed", type=int, default=0, help="global training seed")
-    p.add_argument("--scale", action="store_true", help="letterbox-free: stretch images to imgsz x imgsz (D3N paper)")
+                   help="Optuna RDB storage shared by several processes or machines, e.g. sqlite:///study.db "
+                        "(default: none, the study lives in this process)")
+    p.add_argument("--evolve-study", default="evolve",
+                   help="--evolve study name in the storage; an existing one continues (default: %(default)s)")
+    p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"],
+                   help="cache decoded images in RAM (default: off, read from disk every epoch)")
+    p.add_argument("--device", default="",
+                   help="device: cpu or a CUDA index such as 0 (default: the first GPU, else cpu)")
+    p.add_argument("--multi-scale", action="store_true", help="vary the image size by +/- 50%% from batch to batch")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as one class")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD",
+                   help="optimizer (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers per process (default: %(default)s)")
+    p.add_argument("--project", default=str(ROOT / "runs" / "train"),
+                   help="save to project/name (default: %(default)s)")
+    p.add_argument("--name", default="exp", help="save to project/name, numbered exp, exp2, ... (default: %(default)s)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="reuse an existing project/name instead of numbering a new one")
+    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule (default: linear)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon (default: %(default)s)")
+    p.add_argument("--patience", type=int, default=100,
+                   help="stop after this many epochs without improvement, 0 never (default: %(default)s)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[],
+                   help="freeze these layer indices, e.g. --freeze 0 1 2 (default: none)")
+    p.add_argument("--save-period", type=int, default=-1,
+                   help="also save weights/epoch<N>.pt every N epochs, off if < 1 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="global training seed (default: %(default)s)")
+    p.add_argument("--scale", action="store_true",
+                   help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -159,10 +180,15 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     return args
 
 
-def parse_opt(argv: list[str] | None = None, script: str = "train") -> argparse.Namespace:
+def build_parser(script: str = "train") -> argparse.ArgumentParser:
+    """train.py's parser with the loaded plug-ins' flags; builds only, parses nothing."""
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
-    return parse_train_args(add_plugin_flags(parser, script), argv)
+    return add_plugin_flags(parser, script)
+
+
+def parse_opt(argv: list[str] | None = None, script: str = "train") -> argparse.Namespace:
+    return parse_train_args(build_parser(script), argv)
 
 
 def run_or_evolve(args: argparse.Namespace, opt: TrainOptions, task: DetectionTask) -> Path:

@@ -25,11 +25,16 @@ from utils.logging import set_logging
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags (saving to runs/distill) and the plug-in's distillation flags; parses nothing."""
     parser = add_train_flags(argparse.ArgumentParser(description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.set_defaults(project=str(ROOT / "runs" / "distill"))
-    return parse_train_args(add_plugin_flags(parser, "distill"), argv)
+    return add_plugin_flags(parser, "distill")
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    return parse_train_args(build_parser(), argv)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -33,29 +33,35 @@ SPEED_CONF, SPEED_IOU = 0.25, 0.45  # --task speed: the thresholds of deployment
 DEFAULTS = {"detect": ("yolov5s.pt", "val"), "segment": ("yolov5s-seg.pt", "val-seg")}  # weights, runs/<dir>
 
 
-def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | None = None,
-              description: str = __doc__) -> argparse.Namespace:
-    """val.py's flags; segment/val.py takes the same ones (kind "segment" changes the defaults)."""
+def build_parser(kind: str = "detect", prog: str | None = None, description: str = __doc__) -> argparse.ArgumentParser:
+    """val.py's flags; segment/val.py takes the same ones (kind "segment" changes the defaults). Parses nothing."""
     weights, runs = DEFAULTS[kind]
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml", help="data YAML")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml",
+                   help="data YAML: image folders and class names (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=ROOT / weights,
-                   help="checkpoint (.pt) or export (.onnx, .torchscript)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+                   help="checkpoint (.pt) or export (.onnx, .torchscript, _openvino_model/) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640,
+                   help="inference size in pixels (default: %(default)s)")
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold (default: %(default)s)")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold (default: %(default)s)")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default: %(default)s)")
     p.add_argument("--task", default="val", choices=("train", "val", "test", "speed"),
-                   help="split to evaluate; 'speed' times the val split at conf 0.25, IoU 0.45")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+                   help="split to evaluate; 'speed' times the val split at conf 0.25, IoU 0.45 (default: %(default)s)")
+    p.add_argument("--device", default="",
+                   help="device: cpu or a CUDA index such as 0 (default: the first GPU, else cpu)")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (default: %(default)s)")
     p.add_argument("--single-cls", action="store_true", help="treat every class as one")
     p.add_argument("--tile", type=int, default=0, metavar="PIXELS",
-                   help="score sliced inference (detect.py --tile) on each whole image, in its own pixels")
-    p.add_argument("--tile-overlap", type=float, default=0.2, help="overlap of neighbouring windows")
-    p.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"), help="merge duplicates by NMS or nmm")
+                   help="score sliced inference (detect.py --tile) on each whole image, in its own pixels "
+                        "(default: %(default)s = off)")
+    p.add_argument("--tile-overlap", type=float, default=0.2,
+                   help="overlap of neighbouring windows, as a share of a tile (default: %(default)s)")
+    p.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"),
+                   help="merge duplicates across windows by NMS, or nmm: join boxes a window border cut "
+                        "(default: %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="test-time augmentation: full size, flipped at 0.83x and 0.67x, merged before NMS")
     p.add_argument("--verbose", action="store_true", help="report mAP per class")
@@ -63,14 +69,21 @@ def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | N
     p.add_argument("--save-conf", action="store_true", help="add confidences to --save-txt labels")
     p.add_argument("--save-json", action="store_true",
                    help="save predictions.json (COCO results format; masks as RLE for segmenters)")
-    p.add_argument("--project", type=Path, default=ROOT / "runs" / runs, help="save to project/name")
-    p.add_argument("--name", default="exp", help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="reuse an existing project/name")
+    p.add_argument("--project", type=Path, default=ROOT / "runs" / runs,
+                   help="save to project/name (default: %(default)s)")
+    p.add_argument("--name", default="exp", help="save to project/name, numbered exp, exp2, ... (default: %(default)s)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="reuse an existing project/name instead of numbering a new one")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA, bf16 autocast on CPU")
     p.add_argument("--scale", action="store_true",
                    help="letterbox-free: stretch images to imgsz x imgsz (as the D3N paper)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    return add_plugin_flags(p, "val").parse_args(argv)
+    return add_plugin_flags(p, "val")
+
+
+def parse_opt(argv: list[str] | None = None, kind: str = "detect", prog: str | None = None,
+              description: str = __doc__) -> argparse.Namespace:
+    return build_parser(kind, prog, description).parse_args(argv)
 
 
 def val_options(opt: argparse.Namespace) -> ValOptions:

@@ -200,23 +200,34 @@ def accuracy(opt: argparse.Namespace, tmp: Path) -> None:
         print(f"  {name:32s} keeps {kept}/{total} fp32 detections on data/images (conf 0.25, same class, IoU >= 0.9)")
 
 
-def parse_opt() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default="yolov5s.yaml", help="model YAML timed with random weights")
-    p.add_argument("--imgsz", type=int, default=640, help="timing input size (square)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per back-end (median reported)")
-    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and ONNX Runtime")
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml", help="calibration / val data")
-    p.add_argument("--calib", type=int, default=64, help="int8 calibration images from the train split")
-    p.add_argument("--weights", type=Path, default=None, help="trained checkpoint for the accuracy comparison")
-    p.add_argument("--acc-imgsz", type=int, default=160, help="image size of the accuracy comparison")
-    p.add_argument("--workers", type=int, default=2, help="dataloader workers for mAP")
+    p.add_argument("--cfg", default="yolov5s.yaml", help="model YAML timed with random weights (default: %(default)s)")
+    p.add_argument("--imgsz", type=int, default=640, help="timing input size, square (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=20,
+                   help="timed runs per back-end, median reported (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and ONNX Runtime (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synth-defects.yaml",
+                   help="calibration / val data YAML (default: %(default)s)")
+    p.add_argument("--calib", type=int, default=64,
+                   help="int8 calibration images from the train split (default: %(default)s)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="trained checkpoint for the accuracy comparison (default: none, speed only)")
+    p.add_argument("--acc-imgsz", type=int, default=160,
+                   help="image size of the accuracy comparison (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers for mAP (default: %(default)s)")
     p.add_argument("--skip-speed", action="store_true", help="only the accuracy comparison")
     p.add_argument("--reference", action="store_true",
                    help="also time ultralytics/yolov5's own model in the same run (see benchmarks/reference_yolov5.py)")
     p.add_argument("--wait-load", type=float, default=None,
-                   help="shared machines: wait (up to 20 min) for the 1-min load average to drop below this")
-    return p.parse_args()
+                   help="shared machines: wait (up to 20 min) for the 1-min load average to drop below this "
+                        "(default: off, start at once)")
+    return p
+
+
+def parse_opt() -> argparse.Namespace:
+    return build_parser().parse_args()
 
 
 def main() -> None:

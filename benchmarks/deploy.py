@@ -78,17 +78,27 @@ def score(model: torch.nn.Module, weights: Path, data: Path, imgsz: int, bf16: b
         return validate(run, ValOptions(plots=False, half=bf16), model=base).map50
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, required=True, help="trained checkpoint scored for accuracy")
     ap.add_argument("--data", type=Path, required=True, help="data YAML: val split scored, train split calibrates")
-    ap.add_argument("--imgsz", type=int, default=640, help="size the accuracy model is scored at")
-    ap.add_argument("--speed-cfg", default="yolov5s.yaml", help="random-weight model timed for speed")
-    ap.add_argument("--speed-imgsz", type=int, default=640)
-    ap.add_argument("--runs", type=int, default=20, help="timed runs per format (median)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--calib-images", type=int, default=64)
-    args = ap.parse_args(argv)
+    ap.add_argument("--imgsz", type=int, default=640,
+                    help="size the accuracy model is scored at (default: %(default)s)")
+    ap.add_argument("--speed-cfg", default="yolov5s.yaml",
+                    help="random-weight model timed for speed (default: %(default)s)")
+    ap.add_argument("--speed-imgsz", type=int, default=640,
+                    help="size the speed model is timed at (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per format, median (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="CPU threads of every runtime (default: torch's, here %(default)s)")
+    ap.add_argument("--calib-images", type=int, default=64,
+                    help="int8 calibration images from the train split (default: %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     data = load_data_config(args.data)

@@ -167,13 +167,21 @@ HEAD = (f"{'level':<5} {'block':<12} {'params':>10} {'GFLOPs':>8} {'GFLOPs+b':>9
         f"{'fwd ms':>9} {'f+b ms':>9}  kv grids / ratios to YOLOv5s")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per figure (best of); 3 is steadier")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
-    parser.add_argument("--blocks", nargs="+", default=list(BLOCK_NAMES), choices=list(BLOCK_NAMES))
-    return parser.parse_args(argv)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="timed runs per figure (best of); 3 is steadier (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS),
+                        help="detector levels measured (default: all)")
+    parser.add_argument("--blocks", nargs="+", default=list(BLOCK_NAMES), choices=list(BLOCK_NAMES),
+                        help="filters and fusion blocks measured (default: all)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -176,20 +176,28 @@ def decoder_cost_640(threads: int) -> None:
               f"({threads} threads)")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--imgsz", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=7, help="timed steps per model (median), after 2 warm-up steps")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", default="ddpm-tiny", help="stage-1 preset whose latent shapes the hybrid reads")
+    p.add_argument("--imgsz", type=int, default=256, help="image size in pixels (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=7,
+                   help="timed steps per model (median), after 2 warm-up steps (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="device: cpu or a CUDA index such as 0 (default: %(default)s)")
+    p.add_argument("--preset", default="ddpm-tiny",
+                   help="stage-1 preset whose latent shapes the hybrid reads (default: %(default)s)")
     p.add_argument("--pairs", nargs="*", default=["n:yolov5n-d3n", "n:yolov5n-d3n-lite", "s:yolov5s-d3n",
                                                   "s:yolov5s-d3n-lite"],
-                   help="SIZE:HYBRID_YAML, compared with yolov5SIZE.yaml (none: only --fusion-cost)")
+                   help="SIZE:HYBRID_YAML, compared with yolov5SIZE.yaml; none: only --fusion-cost "
+                        "(default: the n and s hybrids, full and lite)")
     p.add_argument("--fusion-cost", action="store_true", help="also print the fusion blocks' and decoders' cost at 640")
     p.add_argument("--memory-of", default="", help=argparse.SUPPRESS)  # internal: the memory subprocess
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

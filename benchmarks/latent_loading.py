@@ -74,14 +74,21 @@ def throughputs(datasets: dict[str, ReadBench], workers: int, batch_size: int, r
     return {m: float(np.median(r)) for m, r in runs.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", default="runs/features/exp")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=7, help="timed passes per loader (median reported)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--repo", default="runs/features/exp",
+                   help="feature repository (extract_features.py --out) (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers per loader (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="timed passes per loader, median reported (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image order (default: %(default)s)")
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     repo = LatentRepository(args.repo)
     order = np.random.default_rng(args.seed).permutation(len(repo))
     paths = [repo.resolve_path(repo.paths[i][0]) for i in order]

@@ -36,16 +36,26 @@ def score(model: torch.nn.Module, data: DataConfig, args: argparse.Namespace, ti
         return validate_tiled(run, options, tiling, model, data)
 
 
-def main(argv: list[str] | None = None) -> dict[str, ValResult]:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, required=True, help="trained detector (.pt or an export)")
-    ap.add_argument("--data", type=Path, default=Path("data/synth-large.yaml"), help="large frames, val split")
-    ap.add_argument("--imgsz", type=int, default=640, help="input size of the whole-image pass")
-    ap.add_argument("--tile", type=int, default=640, help="window side in the frame's pixels")
-    ap.add_argument("--tile-overlap", type=float, default=0.2)
-    ap.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"))
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args(argv)
+    ap.add_argument("--data", type=Path, default=Path("data/synth-large.yaml"),
+                    help="data YAML of large frames, val split scored (default: %(default)s)")
+    ap.add_argument("--imgsz", type=int, default=640, help="input size of the whole-image pass (default: %(default)s)")
+    ap.add_argument("--tile", type=int, default=640, help="window side in the frame's pixels (default: %(default)s)")
+    ap.add_argument("--tile-overlap", type=float, default=0.2,
+                    help="overlap of neighbouring windows, as a share of a tile (default: %(default)s)")
+    ap.add_argument("--tile-merge", default="nms", choices=("nms", "nmm"),
+                    help="merge duplicates across windows by NMS, or nmm: join boxes a window border cut "
+                         "(default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch CPU threads (default: torch's, here %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, ValResult]:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     data = load_data_config(args.data)

@@ -92,16 +92,21 @@ def reference_throughput(trainer: Trainer, cfg: str, steps: int, warmup: int = 5
     return steps * cached[0][0].shape[0] / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default="yolov5n.yaml")
-    p.add_argument("--imgsz", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cfg", default="yolov5n.yaml", help="model YAML trained (default: %(default)s)")
+    p.add_argument("--imgsz", type=int, default=256, help="image size in pixels (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (default: %(default)s)")
     p.add_argument("--reference", action="store_true",
                    help="also time ultralytics/yolov5's train step on the same batches (benchmarks/reference_yolov5.py)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = _make_data(Path(tmp) / "synth")
         opt = TrainOptions(cfg=args.cfg, data=str(data), imgsz=args.imgsz, batch_size=args.batch_size, epochs=1,

@@ -88,21 +88,29 @@ class DistillOptions:
 
 def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """train_distill.py's own flags (the plug-in adds them; --latents is the plug-in's shared flag)."""
-    p.add_argument("--teacher", default="", help="teacher checkpoint: a hybrid (train.py --latents ...) or a plain YOLOv5")
-    p.add_argument("--dist-lambda", type=float, default=1.0, help="weight lambda of the distillation terms (eq. 7)")
-    p.add_argument("--dist-loss", choices=["l2", "kl"], default="l2", help="distance: l2 (paper) or kl on classes")
-    p.add_argument("--temperature", type=float, default=20.0, help="softening temperature; used by --dist-loss kl only")
+    p.add_argument("--teacher", default="",
+                   help="teacher checkpoint, required unless --resume: a hybrid (train.py --latents ...) or a plain YOLOv5")
+    p.add_argument("--dist-lambda", type=float, default=1.0,
+                   help="weight lambda of the distillation terms, eq. 7 (default: %(default)s)")
+    p.add_argument("--dist-loss", choices=["l2", "kl"], default="l2",
+                   help="distance: l2 (paper) or kl on classes (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=20.0,
+                   help="softening temperature; used by --dist-loss kl only (default: %(default)s)")
     p.add_argument("--obj-scaled", action="store_true", help="also scale the objectness term by the teacher's objectness")
     p.add_argument("--dist-feat", type=float, default=0.0,
-                   help="weight of feature-level distillation of the maps Detect reads (0 = outputs only)")
+                   help="weight of feature-level distillation of the maps Detect reads, 0 = outputs only "
+                        "(default: %(default)s)")
     p.add_argument("--dist-proto", type=float, default=0.0,
-                   help="segmenters: weight of distilling the mask prototypes (0 = mask coefficients only)")
+                   help="segmenters: weight of distilling the mask prototypes, 0 = mask coefficients only "
+                        "(default: %(default)s)")
     p.add_argument("--unlabeled-share", type=float, default=0.0,
                    help="share of each batch drawn from the data YAML's unlabeled: images, which get the distillation "
-                        "terms only (0.5: as many unlabelled as labelled images; default: 0, none)")
+                        "terms only; 0.5 = as many unlabelled as labelled images (default: %(default)s, none)")
     p.add_argument("--unlabeled-weight", type=float, default=1.0,
-                   help="weight of an unlabelled image's distillation terms, a labelled image's being 1 (default: 1)")
-    p.add_argument("--mask-ratio", type=int, default=4, help="segmenters: masks at 1/mask-ratio of the input size")
+                   help="weight of an unlabelled image's distillation terms, a labelled image's being 1 "
+                        "(default: %(default)s)")
+    p.add_argument("--mask-ratio", type=int, default=4,
+                   help="segmenters: masks at 1/mask-ratio of the input size (default: %(default)s)")
     p.add_argument("--no-overlap", action="store_true", help="segmenters: one mask per object, not YOLOv5's overlap map")
     return p
 

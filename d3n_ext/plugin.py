@@ -19,11 +19,14 @@ from engine.plugins import Plugin, register_plugin
 from models.yolo import reads_side_inputs
 
 LATENTS_HELP = {
-    "train": "feature repository (extract_features.py) read by a D3N model YAML: trains the hybrid teacher",
-    "segment": "feature repository read by a D3N segmentation YAML: trains the hybrid segmentation teacher",
+    "train": "feature repository (extract_features.py) read by a D3N model YAML: trains the hybrid teacher "
+             "(default: none, for a plain YOLOv5 model)",
+    "segment": "feature repository read by a D3N segmentation YAML: trains the hybrid segmentation teacher "
+               "(default: none, for a plain YOLOv5-seg model)",
     "distill": "feature repository the teacher reads (default: the one it was trained with)",
-    "val": "feature repository of a D3N teacher",
-    "detect": "feature repository of a D3N teacher; images not in it are encoded online",
+    "val": "feature repository of a D3N teacher (default: none, for a plain YOLOv5 model)",
+    "detect": "feature repository of a D3N teacher; images not in it are encoded online "
+              "(default: none, for a plain YOLOv5 model)",
 }
 
 

@@ -392,20 +392,30 @@ def render_samples_grid(root: Path, out: Path, n: int = 16, tile: int = 200) -> 
 # ---------------------------------------------------------------- CLI
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The generator's flags; parses nothing."""
     parser = argparse.ArgumentParser(description="Generate the synthetic steel-surface defect dataset (YOLO format).")
-    parser.add_argument("--out", type=Path, default=Path("datasets/synth-defects"), help="dataset folder")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    parser.add_argument("--size", type=int, default=200, help="image side in pixels")
-    parser.add_argument("--train", type=int, default=300, help="number of training images")
-    parser.add_argument("--val", type=int, default=100, help="number of validation images")
-    parser.add_argument("--unlabeled", type=int, default=0, help="number of extra images without labels (default: 0)")
-    parser.add_argument("--task", choices=TASKS, default="detect", help="label rows: boxes or polygons (segment)")
+    parser.add_argument("--out", type=Path, default=Path("datasets/synth-defects"),
+                        help="dataset folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=200, help="image side in pixels (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=300, help="number of training images (default: %(default)s)")
+    parser.add_argument("--val", type=int, default=100, help="number of validation images (default: %(default)s)")
+    parser.add_argument("--unlabeled", type=int, default=0,
+                        help="number of extra images without labels, for unlabeled: (default: %(default)s)")
+    parser.add_argument("--task", choices=TASKS, default="detect",
+                        help="label rows: boxes (detect) or polygons (segment) (default: %(default)s)")
     parser.add_argument("--canvas", type=int, nargs=2, metavar=("W", "H"),
-                        help="large W x H images with defects at --size scale (for sliced inference, --tile)")
+                        help="large W x H images with defects at --size scale, for sliced inference (--tile) "
+                             "(default: none, --size squares)")
     parser.add_argument("--exist-ok", action="store_true", help="replace a dataset made with other arguments")
-    parser.add_argument("--samples-grid", type=Path, help="also write a JPEG grid of samples with their boxes")
-    args = parser.parse_args(argv)
+    parser.add_argument("--samples-grid", type=Path,
+                        help="also write a JPEG grid of samples with their boxes to this file (default: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         generate_dataset(args.out, seed=args.seed, size=args.size, n_train=args.train, n_val=args.val,

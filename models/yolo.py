@@ -382,12 +382,19 @@ class Model(nn.Module):
         return forward_gflops(self, self.example_inputs(imgsz))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m models.yolo`'s flags; parses nothing."""
     parser = argparse.ArgumentParser(description="Build a model from its YAML and print its layer table.")
-    parser.add_argument("--cfg", default="yolov5s.yaml", help="model YAML (path or name in models/)")
-    parser.add_argument("--nc", type=int, default=None, help="override the number of classes")
-    parser.add_argument("--imgsz", type=int, default=640, help="image size for the GFLOPs figure")
-    opt = parser.parse_args(argv)
+    parser.add_argument("--cfg", default="yolov5s.yaml",
+                        help="model YAML, path or name in models/ (default: %(default)s)")
+    parser.add_argument("--nc", type=int, default=None, help="override the number of classes (default: the YAML's nc)")
+    parser.add_argument("--imgsz", type=int, default=640,
+                        help="image size for the GFLOPs figure (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    opt = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model = Model(opt.cfg, nc=opt.nc)

@@ -26,14 +26,20 @@ from utils.logging import set_logging
 DEFAULT_CFG = "yolov5s-seg.yaml"
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags (saving to runs/train-seg), the mask flags and the plug-ins'; parses nothing."""
     parser = add_train_flags(argparse.ArgumentParser(prog="python -m segment.train", description=__doc__,
                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.set_defaults(project=str(ROOT / "runs" / "train-seg"))
-    parser.add_argument("--mask-ratio", type=int, default=4, help="masks at 1/mask-ratio of the input size")
+    parser.add_argument("--mask-ratio", type=int, default=4,
+                        help="masks at 1/mask-ratio of the input size (default: %(default)s)")
     parser.add_argument("--no-overlap", action="store_true", help="one mask per object instead of YOLOv5's "
                         "overlapping instance map per image")
-    args = parse_train_args(add_plugin_flags(parser, "segment"), argv)
+    return add_plugin_flags(parser, "segment")
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    args = parse_train_args(build_parser(), argv)
     if not args.resume and not args.cfg and not args.weights:
         args.cfg = DEFAULT_CFG
     return args

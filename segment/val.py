@@ -9,6 +9,7 @@ pycocotools' `segm` evaluation reads. Results go to runs/val-seg/exp<N>/.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,12 +20,18 @@ from engine.plugins import load_plugins
 from engine.validator import ValResult
 from utils.cli import exit_on_user_error
 from utils.logging import set_logging
-from val import parse_opt, run
+from val import build_parser as build_val_parser
+from val import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """val.py's flags with the segmenter's defaults; parses nothing."""
+    return build_val_parser("segment", prog="python -m segment.val", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> ValResult:
     exit_on_user_error(load_plugins)
-    opt = parse_opt(argv, "segment", prog="python -m segment.val", description=__doc__)
+    opt = build_parser().parse_args(argv)
     set_logging(not opt.quiet)
     return exit_on_user_error(lambda: run(opt, "segment"))
 

@@ -149,12 +149,19 @@ def run(a: AblationOptions) -> list[dict]:
     return results
 
 
-def parse_opt(argv: list[str] | None = None) -> AblationOptions:
+def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's flags (the training settings) and the tables'; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_flags(ap, PipelineOptions(out="runs/ablation/exp"))
-    ap.add_argument("--tables", nargs="+", default=["2", "3"], help="which tables: 2 (fusion), 3 (compressor, filter)")
-    ap.add_argument("--kv-tokens", type=int, default=64, help="key/value cap of CrossFusion rows set by Table II")
-    args = vars(ap.parse_args(argv))
+    ap.add_argument("--tables", nargs="+", default=["2", "3"],
+                    help="which tables: 2 (fusion), 3 (compressor, filter) (default: 2 3)")
+    ap.add_argument("--kv-tokens", type=int, default=64,
+                    help="key/value cap of CrossFusion rows set by Table II (default: %(default)s)")
+    return ap
+
+
+def parse_opt(argv: list[str] | None = None) -> AblationOptions:
+    args = vars(build_parser().parse_args(argv))
     tables, kv_tokens = args.pop("tables"), args.pop("kv_tokens")
     return AblationOptions(options_from_flags(args), tables, kv_tokens)
 

@@ -9,7 +9,7 @@ zero latents on the stride grids, the decoders included.
 from __future__ import annotations
 
 import d3n_ext  # noqa: F401  (registers FeatureMapper and the fusion blocks)
-from models.yolo import main
+from models.yolo import build_parser, main  # noqa: F401  (build_parser: the flags, for tests)
 
 if __name__ == "__main__":
     main()

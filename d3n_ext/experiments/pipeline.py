@@ -322,23 +322,57 @@ def write_figures(out: Path, runs: dict[str, Path], rows: list[dict], split: str
         LOGGER.warning("WARNING: pipeline figures not drawn: %s", e)
 
 
+FLAG_HELP = {  # PipelineOptions field -> its flag's help (a field without one fails tests/scripts/test_cli_help.py)
+    "data": "data YAML; the synthetic one is generated on first use (default: %(default)s)",
+    "out": "folder of every stage's outputs and the table; finished stages there are reused (default: %(default)s)",
+    "cfg": "model YAML of the baseline and the students (default: %(default)s; --task segment: yolov5n-seg.yaml)",
+    "teacher_cfg": "model YAML of the D3N hybrid teacher (default: %(default)s; --task segment: "
+                   "yolov5n-seg-d3n-gated.yaml)",
+    "controls": "also train the self-distilled student, the no-DDPM control; --no-controls skips it (default: on)",
+    "teacher_init": "the teacher starts from scratch, or from the trained baseline's weights: scratch or baseline "
+                    "(default: %(default)s)",
+    "ddpm_cfg": "stage-1 preset, as extract_features.py --ddpm-cfg (default: %(default)s)",
+    "hyp": "hyper-parameter YAML of every training stage (default: %(default)s)",
+    "optimizer": "optimizer of every training stage: SGD, Adam or AdamW (default: %(default)s)",
+    "epochs": "epochs of each training stage: baseline, teacher, students (default: %(default)s)",
+    "batch_size": "batch size of every training stage (default: %(default)s)",
+    "imgsz": "image size of every stage, letterbox-free (default: %(default)s)",
+    "workers": "max dataloader workers (default: %(default)s)",
+    "device": "device: cpu or a CUDA index such as 0 (default: the first GPU, else cpu)",
+    "seed": "seed of stage 1 and of every training stage (default: %(default)s)",
+    "dist_lambda": "weight lambda of the students' distillation terms, eq. 7 (default: %(default)s)",
+    "dist_feat": "weight of the students' feature-level distillation, 0 = outputs only (default: %(default)s)",
+    "detect_source": "images the D3N student predicts at the end, into <out>/detect (default: %(default)s)",
+    "task": "detect, or segment: YOLOv5-seg models, box and mask metrics (default: %(default)s)",
+    "val_interval": "validate every N epochs and after the last; --labels scales it with the epochs "
+                    "(default: %(default)s)",
+    "unlabeled_share": "students: share of each batch drawn from the data's unlabeled: images when it has any, "
+                       "which get the distillation terms only; 0.5 = as many as labelled (default: %(default)s)",
+    "unlabeled_weight": "students: weight of an unlabelled image's distillation terms, a labelled image's being 1 "
+                        "(default: %(default)s)",
+    "features": "stage-1 folder trained once (seed 0) and shared by every seed and labelled share "
+                "(default: none, <out>/features per run; with --labels per seed)",
+}
+
+
 def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:
     """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet."""
     for key, value in asdict(defaults).items():
         if key == "labels":
             ap.add_argument("--labels", nargs="+", default=[], metavar="SHARE",
                             help="label-efficient runs: per value, keep that share (0.1) or count (126) of the train "
-                                 "labels, the rest unlabeled (label_efficient.py); default: every label")
+                                 "labels, the rest unlabeled (label_efficient.py) (default: none, every label)")
             continue
         if key == "stage1_overrides":
             ap.add_argument("--stage1", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
-                            help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200")
+                            help="override DDPM/VAE preset keys, e.g. ddpm_train.iterations=200 (default: none)")
             continue
         if isinstance(value, bool):
-            ap.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+            ap.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value,
+                            help=FLAG_HELP.get(key))
             continue
-        ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
-    ap.add_argument("--quiet", action="store_true")
+        ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=FLAG_HELP.get(key))
+    ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
 
 
 def options_from_flags(args: dict) -> PipelineOptions:
@@ -409,14 +443,21 @@ def summarise(paths: list[str], out: Path) -> dict:
     return summarise_tables(paths, out)
 
 
-def main(argv: list[str] | None = None) -> list[dict] | dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's flags; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pipeline_flags(ap, PipelineOptions())
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="run once per seed into <out>/seed<N> and summarise (seeds.md); overrides --seed")
+                    help="run once per seed into <out>/seed<N> and summarise (seeds.md); overrides --seed "
+                         "(default: one run, --seed)")
     ap.add_argument("--summarise", nargs="+", default=None, metavar="TABLE_JSON",
-                    help="only write seeds.md/json into --out from earlier runs' table.json files (one per seed)")
-    args = vars(ap.parse_args(argv))
+                    help="only write seeds.md/json into --out from earlier runs' table.json files (one per seed) "
+                         "(default: off, run the pipeline)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> list[dict] | dict:
+    args = vars(build_parser().parse_args(argv))
     seeds, tables, labels = args.pop("seeds"), args.pop("summarise"), args.pop("labels")
     p = options_from_flags(args)
     if tables:

@@ -299,32 +299,47 @@ def run(o: ProbeOptions) -> dict:
     return {**result, "out": str(out), "text": text}
 
 
-def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
+def build_parser() -> argparse.ArgumentParser:
+    """The probe's flags; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", required=True,
                     help="stage-1 output folder (extract_features.py --out, or <pipeline out>/features)")
     ap.add_argument("--data", required=True, help="data YAML with YOLO labels; train fits, --split scores")
-    ap.add_argument("--split", default="val", choices=["val", "test"])
-    ap.add_argument("--out", default="runs/probe/exp", help="results folder (exp, exp2, ... unless --exist-ok)")
+    ap.add_argument("--split", default="val", choices=["val", "test"], help="split scored (default: %(default)s)")
+    ap.add_argument("--out", default="runs/probe/exp",
+                    help="results folder (exp, exp2, ... unless --exist-ok) (default: %(default)s)")
     ap.add_argument("--exist-ok", action="store_true", help="write into --out even if it exists")
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES + REFERENCES,
-                    help="feature sources to probe (the references need --detector)")
+                    help="feature sources to probe; the references need --detector (default: every source but the "
+                         "references)")
     ap.add_argument("--detector", default="", help="a trained plain YOLOv5 (.pt): adds the detector, detector+ddpm "
-                    "and detector+random-unet references (what the DDPM adds to what the detector knows)")
-    ap.add_argument("--detector-imgsz", type=int, default=0, help="the detector's input size (0: its training size)")
-    ap.add_argument("--device", default="", help="'' (auto), cpu, 0, ...")
-    ap.add_argument("--batch-size", type=int, default=16, help="images per feature-extraction batch")
-    ap.add_argument("--max-train-cells", type=int, default=40_000, help="train cells per level (defect cells first)")
-    ap.add_argument("--max-eval-cells", type=int, default=100_000, help="scored cells per level (uniform)")
-    ap.add_argument("--patch", type=int, default=8, help="image-patches: k×k grey pixels per cell")
-    ap.add_argument("--epochs", type=int, default=30, help="probe epochs over the train cells")
-    ap.add_argument("--lr", type=float, default=0.01, help="probe Adam learning rate")
-    ap.add_argument("--seed", type=int, default=0, help="cell sampling, probe batches and the random UNet")
+                    "and detector+random-unet references (what the DDPM adds to what the detector knows) "
+                    "(default: none)")
+    ap.add_argument("--detector-imgsz", type=int, default=0,
+                    help="the detector's input size, 0 = its training size (default: %(default)s)")
+    ap.add_argument("--device", default="",
+                    help="device: cpu or a CUDA index such as 0 (default: the first GPU, else cpu)")
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="images per feature-extraction batch (default: %(default)s)")
+    ap.add_argument("--max-train-cells", type=int, default=40_000,
+                    help="train cells per level, defect cells first (default: %(default)s)")
+    ap.add_argument("--max-eval-cells", type=int, default=100_000,
+                    help="scored cells per level, drawn uniformly (default: %(default)s)")
+    ap.add_argument("--patch", type=int, default=8,
+                    help="image-patches: k×k grey pixels per cell (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=30, help="probe epochs over the train cells (default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=0.01, help="probe Adam learning rate (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of cell sampling, probe batches and the random UNet (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
     ap.add_argument("--labels", default="", metavar="SHARE",
                     help="fit on this labelled share (0.1) or count of the train split, drawn with --seed as the "
                          "pipeline's --labels does; --detector must be trained on it (default: every label)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def parse_opt(argv: list[str] | None = None) -> ProbeOptions:
+    a = build_parser().parse_args(argv)
     settings = ProbeSettings(epochs=a.epochs, lr=a.lr, seed=a.seed)
     return ProbeOptions(a.repo, a.data, a.split, a.out, a.exist_ok, a.sources, a.device, a.batch_size,
                         a.max_train_cells, a.max_eval_cells, a.patch, a.detector, a.detector_imgsz, settings, a.quiet,

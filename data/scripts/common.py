@@ -428,10 +428,10 @@ def converter_parser(description: str, default_out: str) -> argparse.ArgumentPar
     """The flags every converter shares."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--src", type=Path, required=True, help="the downloaded dataset folder")
-    parser.add_argument("--out", type=Path, default=Path(default_out), help="YOLO dataset folder to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--out", type=Path, default=Path(default_out), help="YOLO dataset folder to write (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default: %(default)s)")
     parser.add_argument("--split", type=float, nargs="+", default=[0.8, 0.2], metavar="SHARE",
-                        help="shares of train val [test], stratified by class: 0.8 0.2 (default) or 0.7 0.1 0.2")
+                        help="shares of train val [test], stratified by class, e.g. 0.7 0.1 0.2 (default: 0.8 0.2)")
     parser.add_argument("--exist-ok", action="store_true", help="replace an existing --out")
     return parser
 

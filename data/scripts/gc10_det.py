@@ -9,6 +9,7 @@ download keeps them in one folder per class). Split 8:2 as in the paper, stratif
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from data.scripts.common import ConversionSummary, class_lookup, converter_parser, convert_voc, run_converter
@@ -28,9 +29,13 @@ def convert(src: Path, out: Path, *, seed: int = 0, split: tuple[float, ...] = (
                        split=split, exist_ok=exist_ok)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's flags; parses nothing."""
+    return converter_parser("Convert GC10-DET (VOC XML) to YOLO labels.", "datasets/GC10-DET")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = converter_parser("Convert GC10-DET (VOC XML) to YOLO labels.", "datasets/GC10-DET")
-    return run_converter(convert, parser.parse_args(argv))
+    return run_converter(convert, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

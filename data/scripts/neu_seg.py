@@ -148,15 +148,20 @@ def convert(src: Path, out: Path, *, seed: int = 0, val_fraction: float = 0.1, m
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's flags; parses nothing."""
     parser = argparse.ArgumentParser(description="Convert NEU-Seg (class masks) to YOLOv5 segment labels.")
     parser.add_argument("--src", type=Path, required=True, help="the downloaded NEU-Seg folder")
-    parser.add_argument("--out", type=Path, default=Path("datasets/NEU-Seg"), help="YOLO dataset folder to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the val split")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of training held out as val")
-    parser.add_argument("--min-area", type=int, default=MIN_AREA, help="drop regions of fewer pixels")
+    parser.add_argument("--out", type=Path, default=Path("datasets/NEU-Seg"), help="YOLO dataset folder to write (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the val split (default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of training held out as val (default: %(default)s)")
+    parser.add_argument("--min-area", type=int, default=MIN_AREA, help="drop regions of fewer pixels (default: %(default)s)")
     parser.add_argument("--exist-ok", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_and_report(lambda: convert(args.src, args.out, seed=args.seed, val_fraction=args.val_fraction,
                                           min_area=args.min_area, exist_ok=args.exist_ok), args.out)
 

@@ -17,6 +17,7 @@ another ({"source name": "english name" or null to leave it out}).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -184,14 +185,20 @@ def convert(src: Path, out: Path, *, seed: int = 0, split: tuple[float, ...] = (
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's flags; parses nothing."""
     parser = converter_parser("Convert Tianchi fabric (JSON) to YOLO labels, sliced in halves.",
                               "datasets/tianchi-fabric")
     parser.add_argument("--annotations", type=Path, help="the JSON file (default: the anno*.json under --src)")
-    parser.add_argument("--class-map", type=Path, help="JSON {source name: class name or null}")
+    parser.add_argument("--class-map", type=Path, help="JSON {source name: class name or null} "
+                        "(default: the paper's classes, DEFAULT_CLASS_MAP)")
     parser.add_argument("--min-visible", type=float, default=MIN_VISIBLE,
-                        help="least share of a box's area a half must show to keep it")
-    args = parser.parse_args(argv)
+                        help="least share of a box's area a half must show to keep it (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_converter(convert, args, annotations=args.annotations, class_map=args.class_map,
                          min_visible=args.min_visible)
 
