@@ -44,14 +44,19 @@ def write_pool(data: str | Path, pool: list[str], out: Path, drop_train_copies: 
     return report
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags, parsing nothing (the help and README tests read them)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="data YAML whose val/test images the pool must not copy")
     ap.add_argument("--pool", nargs="+", required=True, help="folders, globs or .txt lists of unlabelled images")
     ap.add_argument("--out", type=Path, required=True, help="the .txt list to write (a .json report goes beside it)")
     ap.add_argument("--drop-train-copies", action="store_true",
                     help="also drop copies of train images (allowed, but they add no new picture; default: keep)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return exit_on_user_error(lambda: write_pool(args.data, args.pool, args.out, args.drop_train_copies))
 
