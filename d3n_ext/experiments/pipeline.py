@@ -81,7 +81,7 @@ class PipelineOptions:
     workers: int = 2
     device: str = ""
     seed: int = 0
-    dist_lambda: float = 0.1  # eq. 6 weight; the paper (and train_distill.py) use 1, which hurt here (README)
+    dist_lambda: float = 0.1  # eq. 6 weight; the paper (and train_distill.py) use 1, which hurt here (docs/results.md)
     dist_feat: float = 0.0  # weight of feature-level distillation of the neck maps (0 = outputs only)
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
