@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,21 @@ LOGGER = logging.getLogger(__name__)
 FORMAT = "d3n-checkpoint/1"
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # PyTorch colours parts of its messages for terminals
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or not ours; the message names the file."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """torch.load(weights_only=True) refused the file: truncated, or a pickle of classes (another program's)."""
+
+
+def plain_first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message without terminal escape codes, for one-line errors."""
+    text = ANSI_ESCAPE.sub("", str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
@@ -46,8 +60,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or foreign file: {first[:160]})") from None
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint (truncated or foreign file: "
+                                   f"{plain_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a D3N checkpoint (expected format {FORMAT!r})")
     if expect is not None and ckpt.get("kind") != expect:
