@@ -25,7 +25,7 @@ from tqdm import tqdm
 from engine.tasks import DetectionTask
 from engine.tensorboard_log import TensorBoardLog
 from engine.validator import ValOptions, run_validation
-from models.loading import build_from_checkpoint, save_model, transfer_weights
+from models.loading import build_from_checkpoint, read_detector_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
@@ -156,7 +156,7 @@ class Trainer:
     def _model_from_weights(self, nc: int) -> Model:
         """--weights: the checkpoint's own architecture (or --cfg's), filled with every tensor that fits."""
         path = self.opt.weights
-        ckpt = load_checkpoint(path, expect="detector")
+        ckpt = read_detector_checkpoint(path)
         if not isinstance(ckpt.get("model_yaml"), dict):
             raise CheckpointError(f"{path}: detector checkpoint without 'model_yaml'")
         cfg = load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import zipfile
 from pathlib import Path
@@ -115,6 +116,14 @@ def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
     except UnreadableCheckpoint:
         if not zipfile.is_zipfile(path):  # truncated, or not a PyTorch file at all: the first answer stands
             raise
+    stat = Path(path).stat()
+    return dict(_imported(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=2)
+def _imported(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """One import (and one notice) per file, however many steps of a command read it (a teacher is read
+    for its repository, its head and its weights)."""
     ckpt = read_yolov5_checkpoint(path)
     LOGGER.info("imported ultralytics/yolov5 checkpoint %s (%s); only tensors, YAML, names and stride were "
                 "read, nothing in the file was run", path, ckpt["imported_from"])
