@@ -83,6 +83,7 @@ class PipelineOptions:
     stage1_overrides: dict | None = None  # {'section.key': value} for the DDPM/VAE preset
     detect_source: str = "data/images"
     task: str = "detect"  # or "segment": YOLOv5-seg baseline, teacher and students, box and mask metrics
+    weights: str = ""  # start baseline, teacher's detector part, students from it (ours or yolov5s.pt); '' = scratch
 
     def __post_init__(self):
         if self.task not in TASK_MODELS:
@@ -107,8 +108,9 @@ def distillation_task(p: PipelineOptions, options: DistillOptions,
 
 
 def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask | None = None,
-                  weights: str = "") -> TrainOptions:
+                  weights: str | None = None) -> TrainOptions:
     task = task or DetectionTask()
+    weights = p.weights if weights is None else weights
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
                         project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, task=task.kind,
@@ -119,14 +121,14 @@ TEACHER_INITS = ("scratch", "baseline")
 
 
 def teacher_weights(p: PipelineOptions, baseline: Path) -> str:
-    """--teacher-init: '' (from scratch, like the baseline) or the baseline's best.pt (a warm start).
+    """--teacher-init: --weights (from scratch when none, like the baseline) or the baseline's best.pt (a warm start).
 
     A warm start with gated fusion rows makes the teacher exactly the baseline at step 0; it then
     trains `epochs` more, so compare it with the baseline knowing it had twice the detector training.
     """
     if p.teacher_init not in TEACHER_INITS:
         raise ValueError(f"--teacher-init {p.teacher_init!r}: expected one of {', '.join(TEACHER_INITS)}")
-    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else ""
+    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else p.weights
 
 
 def _finished(run: Path, opt: TrainOptions) -> bool:
