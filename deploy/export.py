@@ -26,7 +26,7 @@ from deploy.backends import (OPENVINO_METADATA, TORCHSCRIPT_CONFIG, YOLOV5_TORCH
                              is_openvino, load_backend)
 from models.loading import build_from_checkpoint, read_detector_checkpoint
 from models.yolo import Model, reads_side_inputs
-from utils.checkpoints import load_checkpoint, save_checkpoint
+from utils.checkpoints import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from utils.files import atomic_write_bytes
 from utils.image_size import check_img_size
 
@@ -68,9 +68,13 @@ def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
 def export_checkpoint(weights: Path) -> Path:
     """An ultralytics/yolov5 checkpoint re-saved as ours beside it (<name>-d3n.pt): later loads are plain
     torch.load(weights_only=True), without the import. The file written is loaded back before it is reported."""
-    ckpt = read_detector_checkpoint(weights)
-    if "imported_from" not in ckpt:
+    try:
+        load_checkpoint(weights, expect="detector")
+    except UnreadableCheckpoint:
+        pass  # not ours: the import below says what it is
+    else:
         raise ValueError(f"{weights}: already a D3N checkpoint; --include pt converts ultralytics/yolov5 files")
+    ckpt = read_detector_checkpoint(weights)
     build_from_checkpoint(ckpt, weights)  # refuses what would not rebuild before anything is written
     path = weights.with_name(weights.stem + CHECKPOINT_SUFFIX)
     save_checkpoint({k: v for k, v in ckpt.items() if k != "format"}, path)
