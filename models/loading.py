@@ -117,11 +117,11 @@ def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
         if not zipfile.is_zipfile(path):  # truncated, or not a PyTorch file at all: the first answer stands
             raise
     stat = Path(path).stat()
-    return dict(_imported(str(path), stat.st_mtime_ns, stat.st_size))
+    return dict(imported_yolov5(str(path), stat.st_mtime_ns, stat.st_size))
 
 
 @functools.lru_cache(maxsize=2)
-def _imported(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+def imported_yolov5(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     """One import (and one notice) per file, however many steps of a command read it (a teacher is read
     for its repository, its head and its weights)."""
     ckpt = read_yolov5_checkpoint(path)
