@@ -3,6 +3,7 @@ optionally int8 ONNX.
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --int8 --data data/synth-defects.yaml
+    python export.py --weights yolov5s.pt --include pt   # an ultralytics/yolov5 file -> our yolov5s-d3n.pt
 
 Files go beside the weights, or into --save-dir (best.onnx, best.torchscript, best_openvino_model/,
 best-int8.onnx), and carry their class names, strides and input size, so `detect.py --weights best.onnx`
@@ -24,8 +25,8 @@ from pathlib import Path
 import torch
 
 from deploy.backends import ExportMetadata
-from deploy.export import (DEFAULT_FORMATS, FORMATS, MIN_OPSET, check_imgsz, export_onnx, export_openvino,
-                           export_torchscript, openvino_dir, prepare_model, verify_export)
+from deploy.export import (DEFAULT_FORMATS, FORMATS, MIN_OPSET, check_imgsz, export_checkpoint, export_onnx,
+                           export_openvino, export_torchscript, openvino_dir, prepare_model, verify_export)
 from deploy.quantize import INT8_FORMATS, calibration_files, quantize_onnx
 from deploy.quantize_openvino import quantize_openvino
 from engine.validate import evaluate
@@ -86,6 +87,13 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     """Export `opt.weights` to each of `opt.include`; returns {format: path}."""
     include = [f.lower() for f in opt.include]
     check_export_flags(opt, include)
+    files: dict[str, Path] = {}
+    if "pt" in include:  # an imported ultralytics/yolov5 checkpoint, saved as ours
+        files["pt"] = export_checkpoint(Path(opt.weights))
+        LOGGER.info("pt: %s (loads with weights_only=True; use it as --weights anywhere)", files["pt"])
+        include.remove("pt")
+        if not include and not opt.int8:
+            return files
     if opt.int8 and not {"onnx", "openvino"} & set(include):
         include.append("onnx")  # int8 quantizes the fp32 ONNX model (and the OpenVINO IR when it is asked for)
     device = select_device(opt.device)
@@ -103,7 +111,6 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
         model(example)  # warm up: builds the decoding grids once
     base = ExportMetadata(names=list(model.names), stride=model.stride.tolist(), imgsz=hw, batch=opt.batch_size,
                           dynamic=opt.dynamic, half=opt.half, source=Path(opt.weights).name, nm=model.nm)
-    files: dict[str, Path] = {}
     weights = output_base(opt)
     if "torchscript" in include:
         files["torchscript"] = export_torchscript(model, example, base, weights.with_suffix(".torchscript"))
@@ -112,8 +119,9 @@ def run(opt: argparse.Namespace) -> dict[str, Path]:
     if "openvino" in include:
         files["openvino"] = export_openvino(model.float(), example.float(), replace(base, half=False),
                                             openvino_dir(weights), fp16=opt.half)
-    for path in files.values():
-        verify_export(path, model, example)
+    for fmt, path in files.items():
+        if fmt != "pt":
+            verify_export(path, model, example)
     if opt.int8 and "onnx" in files:
         files["int8"] = export_int8(opt, files["onnx"], "onnx")
     if opt.int8 and "openvino" in files:
@@ -131,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     """export.py's flags; parses nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=ROOT / "yolov5s.pt",
-                   help="detector or segmenter checkpoint (.pt) (default: %(default)s)")
+                   help="detector or segmenter checkpoint (.pt): ours, or ultralytics/yolov5's (read without running "
+                   "it) (default: %(default)s)")
     p.add_argument("--include", nargs="+", default=list(DEFAULT_FORMATS),
                    help=f"formats, any of: {' '.join(FORMATS)} (default: {' '.join(DEFAULT_FORMATS)})")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640],

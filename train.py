@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.plugins import add_plugin_flags, apply_input_rules, load_plugins
+from models.loading import read_detector_checkpoint
 from models.yolo import ModelConfigError, load_model_yaml
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.cli import exit_on_user_error, given_flags
@@ -30,7 +31,8 @@ LOGGER = logging.getLogger("train")
 def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The YOLOv5 training flags (shared with train_distill.py)."""
     p.add_argument("--weights", default="",
-                   help="initial weights: a detector checkpoint (.pt) to fine-tune (default: none, train from scratch)")
+                   help="initial weights to fine-tune: a detector checkpoint, ours or ultralytics/yolov5's (yolov5s.pt, "
+                   "read without running it) (default: none, train from scratch)")
     p.add_argument("--cfg", default="",
                    help="model YAML, path or name in models/ (default: the --weights checkpoint's own "
                    "model, else yolov5s.yaml; segment.train: yolov5s-seg.yaml)")
@@ -153,7 +155,7 @@ def model_yaml_of(args: argparse.Namespace) -> dict | None:
     try:
         if args.cfg or not args.weights:
             return load_model_yaml(args.cfg or TrainOptions.cfg)[0]
-        return load_checkpoint(args.weights, expect="detector")["model_yaml"]
+        return read_detector_checkpoint(args.weights)["model_yaml"]
     except (ModelConfigError, CheckpointError, KeyError, TypeError):
         return None
 

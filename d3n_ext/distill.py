@@ -47,9 +47,8 @@ import torch.nn.functional as F
 from d3n_ext.fusion.teacher_inputs import RepositoryInputs
 from engine.plugins import InputRules
 from engine.tasks import DetectionTask, SegmentationTask, register_task
-from models.loading import build_from_checkpoint
+from models.loading import build_from_checkpoint, read_detector_checkpoint
 from models.yolo import reads_side_inputs
-from utils.checkpoints import load_checkpoint
 from utils.hyp import Hyp
 from utils.dataloaders import UNLABELED
 from utils.segment_dataset import MASKS
@@ -118,7 +117,7 @@ def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def teacher_repository(teacher: str, latents: str = "") -> str:
     """The repository a teacher reads: `latents` if given, else the one a hybrid teacher was trained with (as its
     checkpoint records); '' for a plain YOLOv5, which must not be given one."""
-    ckpt = load_checkpoint(teacher, expect="detector")
+    ckpt = read_detector_checkpoint(teacher)
     if not reads_side_inputs(ckpt.get("model_yaml") or {}):
         if latents:
             raise ValueError(f"{teacher}: a plain YOLOv5 teacher reads no latents; drop --latents")
@@ -231,13 +230,13 @@ def check_same_head(student: torch.nn.Module, teacher: torch.nn.Module, source: 
 
 def is_segmenter(checkpoint: str | Path) -> bool:
     """Whether a checkpoint's model ends in a Segment head (read from its YAML, nothing built)."""
-    head = (load_checkpoint(checkpoint, expect="detector").get("model_yaml") or {}).get("head") or [[None] * 3]
+    head = (read_detector_checkpoint(checkpoint).get("model_yaml") or {}).get("head") or [[None] * 3]
     return head[-1][2] == "Segment"
 
 
 def load_teacher(path: str | Path, device: torch.device) -> torch.nn.Module:
     """The hybrid teacher's EMA weights, frozen, in eval mode."""
-    model = build_from_checkpoint(load_checkpoint(path, expect="detector"), path, use_ema=True).to(device).eval()
+    model = build_from_checkpoint(read_detector_checkpoint(path), path, use_ema=True).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model

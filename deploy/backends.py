@@ -20,6 +20,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,8 +33,9 @@ from utils.torch_utils import channels_last
 
 LOGGER = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "d3n-export/1"
+EXPORT_FORMAT = "d3n-export/2"  # /1 kept each field as its own JSON key, "stride" and "names" among them
 TORCHSCRIPT_CONFIG = "config.json"  # the _extra_files entry holding ExportMetadata
+YOLOV5_TORCHSCRIPT_CONFIG = "config.txt"  # the _extra_files entry ultralytics/yolov5's DetectMultiBackend reads
 EXPORT_SUFFIXES = (".onnx", ".torchscript")
 OPENVINO_METADATA = "metadata.json"  # beside an OpenVINO IR: ExportMetadata
 
@@ -52,19 +54,28 @@ class ExportMetadata:
     int8: str = ""  # "qdq" / "qoperator" for quantized ONNX models, "" otherwise
     nm: int = 0  # a segmenter's mask coefficients per row (its second output: the prototypes); 0 for detectors
 
+    def yolov5(self) -> dict[str, Any]:
+        """What ultralytics/yolov5's DetectMultiBackend reads: the largest stride as an int, names as {index: name}."""
+        return {"stride": int(max(self.stride)), "names": dict(enumerate(self.names))}
+
     def to_strings(self) -> dict[str, str]:
-        """ONNX metadata_props want str -> str; every value is JSON."""
-        return {"format": EXPORT_FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
+        """ONNX metadata_props want str -> str: ours as JSON under "d3n", beside YOLOv5's `stride` (int(...) reads
+        it) and `names` (ast.literal_eval reads it), so ultralytics/yolov5's detect.py runs our exports too."""
+        yolov5 = self.yolov5()
+        return {"format": EXPORT_FORMAT, "d3n": json.dumps(asdict(self)), "stride": str(yolov5["stride"]),
+                "names": str(yolov5["names"])}
 
     @classmethod
     def from_strings(cls, props: dict[str, str], path: Path) -> "ExportMetadata":
-        if props.get("format") != EXPORT_FORMAT:
+        if props.get("format") not in (EXPORT_FORMAT, "d3n-export/1"):
             raise CheckpointError(f"{path}: not a D3N detector export (no {EXPORT_FORMAT!r} metadata; "
                                   "export it with export.py)")
         try:
-            values = {k: json.loads(props[k]) for k in cls.__dataclass_fields__ if k in props}
+            fields = json.loads(props["d3n"]) if props.get("format") == EXPORT_FORMAT else \
+                {k: json.loads(props[k]) for k in cls.__dataclass_fields__ if k in props}
+            values = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
             meta = cls(**values)
-        except (json.JSONDecodeError, TypeError) as e:
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise CheckpointError(f"{path}: unreadable export metadata ({e})") from None
         meta.imgsz = (int(meta.imgsz[0]), int(meta.imgsz[1]))
         return meta

@@ -19,18 +19,21 @@ from pathlib import Path
 
 import onnx
 import torch
+import yaml
 import torch.nn as nn
 
-from deploy.backends import OPENVINO_METADATA, TORCHSCRIPT_CONFIG, ExportMetadata, is_openvino, load_backend
-from models.loading import load_model
+from deploy.backends import (OPENVINO_METADATA, TORCHSCRIPT_CONFIG, YOLOV5_TORCHSCRIPT_CONFIG, ExportMetadata,
+                             is_openvino, load_backend)
+from models.loading import build_from_checkpoint, read_detector_checkpoint
 from models.yolo import Model, reads_side_inputs
-from utils.checkpoints import load_checkpoint
+from utils.checkpoints import UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from utils.files import atomic_write_bytes
 from utils.image_size import check_img_size
 
 LOGGER = logging.getLogger(__name__)
-FORMATS = ("torchscript", "onnx", "openvino")
+FORMATS = ("torchscript", "onnx", "openvino", "pt")
 DEFAULT_FORMATS = ("torchscript", "onnx")  # openvino is an optional package
+CHECKPOINT_SUFFIX = "-d3n.pt"  # yolov5s.pt (ultralytics/yolov5) -> yolov5s-d3n.pt (ours, weights_only)
 OPENVINO_SUFFIX = "_openvino_model"  # best.pt -> best_openvino_model/ (best.xml, best.bin, metadata.json), as YOLOv5
 MIN_OPSET = 17
 VERIFY_TOLERANCE = 1e-2  # max |difference| of decoded outputs (pixels, probabilities) before a warning
@@ -53,12 +56,30 @@ def prepare_model(weights: Path, device: torch.device, half: bool) -> Model:
     """Load, refuse D3N teachers, fuse, and make the head return its export outputs (no raw maps)."""
     if weights.suffix.lower() in (".onnx", ".torchscript"):
         raise ValueError(f"{weights}: already an export; pass the .pt checkpoint")
-    if reads_side_inputs(load_checkpoint(weights, expect="detector").get("model_yaml") or {}):
+    ckpt = read_detector_checkpoint(weights)
+    if reads_side_inputs(ckpt.get("model_yaml") or {}):
         # refused before building: a teacher's blocks may belong to a plug-in export.py never loads
         raise ValueError(f"{weights}: a D3N teacher needs latent side inputs; export the distilled student instead")
-    model = load_model(weights, device, fuse=True)
+    model = build_from_checkpoint(ckpt, weights).to(device).eval().fuse()
     model.detect.export = True
     return model.half() if half else model
+
+
+def export_checkpoint(weights: Path) -> Path:
+    """An ultralytics/yolov5 checkpoint re-saved as ours beside it (<name>-d3n.pt): later loads are plain
+    torch.load(weights_only=True), without the import. The file written is loaded back before it is reported."""
+    try:
+        load_checkpoint(weights, expect="detector")
+    except UnreadableCheckpoint:
+        pass  # not ours: the import below says what it is
+    else:
+        raise ValueError(f"{weights}: already a D3N checkpoint; --include pt converts ultralytics/yolov5 files")
+    ckpt = read_detector_checkpoint(weights)
+    build_from_checkpoint(ckpt, weights)  # refuses what would not rebuild before anything is written
+    path = weights.with_name(weights.stem + CHECKPOINT_SUFFIX)
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "format"}, path)
+    build_from_checkpoint(load_checkpoint(path, expect="detector"), path)
+    return path
 
 
 def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
@@ -70,13 +91,16 @@ def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
 
 
 def export_torchscript(model: Model, example: torch.Tensor, meta: ExportMetadata, path: Path) -> Path:
-    """Traced module with ExportMetadata in its extra files; shapes stay symbolic (any size runs)."""
+    """Traced module with ExportMetadata in its extra files, and YOLOv5's config.txt (shape, stride, names) beside
+    it; shapes stay symbolic (any size runs)."""
     meta = dataclasses.replace(meta, dynamic=True)  # traced size ops are recorded, not baked in (tested)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format users run
         traced = torch.jit.trace(ImagesOnly(model), example, check_trace=False)
         buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_CONFIG: json.dumps(meta.to_strings())})
+        yolov5 = json.dumps({"shape": list(example.shape), **meta.yolov5()})
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_CONFIG: json.dumps(meta.to_strings()),
+                                                     YOLOV5_TORCHSCRIPT_CONFIG: yolov5})
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -129,7 +153,9 @@ def export_openvino(model: Model, example: torch.Tensor, meta: ExportMetadata, f
 
 
 def save_openvino(ov_model, meta: ExportMetadata, folder: Path, fp16: bool = False) -> Path:
-    """Write an IR and its metadata into `folder`, replacing an earlier export only once the new one is whole."""
+    """Write an IR and its metadata into `folder`, replacing an earlier export only once the new one is whole.
+
+    Beside our metadata.json goes <name>.yaml (stride, names), which ultralytics/yolov5 reads for <name>.xml."""
     ov = import_openvino()
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.tmp")
@@ -139,6 +165,7 @@ def save_openvino(ov_model, meta: ExportMetadata, folder: Path, fp16: bool = Fal
     name = folder.name[:-len(OPENVINO_SUFFIX)] if folder.name.endswith(OPENVINO_SUFFIX) else folder.name
     ov.save_model(ov_model, str(staging / f"{name}.xml"), compress_to_fp16=fp16)
     (staging / OPENVINO_METADATA).write_text(json.dumps(meta.to_strings(), indent=1))
+    (staging / f"{name}.yaml").write_text(yaml.safe_dump(meta.yolov5(), sort_keys=False))
     if folder.exists():
         if not is_openvino(folder):
             shutil.rmtree(staging)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from engine.tasks import DetectionTask
 from engine.tensorboard_log import TensorBoardLog
 from engine.validator import ValOptions, run_validation
-from models.loading import build_from_checkpoint, save_model, transfer_weights
+from models.loading import build_from_checkpoint, read_detector_checkpoint, save_model, transfer_weights
 from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
@@ -104,7 +104,7 @@ def check_run_inputs(opt: TrainOptions) -> dict | None:
     check_data_yaml(opt.data)
     if opt.resume or not opt.weights:
         return None
-    ckpt = load_checkpoint(opt.weights, expect="detector")
+    ckpt = read_detector_checkpoint(opt.weights)  # ours, or an ultralytics/yolov5 file imported without running it
     if not isinstance(ckpt.get("model_yaml"), dict):
         raise CheckpointError(f"{opt.weights}: detector checkpoint without 'model_yaml'")
     return ckpt

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.yolo import Model, ModelConfigError, reads_side_inputs
-from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from models.yolov5_checkpoint import read_yolov5_checkpoint
+from utils.checkpoints import CheckpointError, UnreadableCheckpoint, load_checkpoint, save_checkpoint
 from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
@@ -102,8 +105,33 @@ def checkpoint_names(ckpt: dict[str, Any], nc: int, path: str | Path) -> list[st
     return [str(n) for n in names]
 
 
+def read_detector_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A detector checkpoint dict from our own file (weights_only) or, recognised by its content, from an
+    ultralytics/yolov5 file (yolov5s.pt, a run's best.pt), imported by a reader that runs nothing in it.
+
+    Every script's --weights goes through here, so each takes the files YOLOv5 users already have.
+    """
+    try:
+        return load_checkpoint(path, expect="detector")
+    except UnreadableCheckpoint:
+        if not zipfile.is_zipfile(path):  # truncated, or not a PyTorch file at all: the first answer stands
+            raise
+    stat = Path(path).stat()
+    return dict(imported_yolov5(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=2)
+def imported_yolov5(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """One import (and one notice) per file, however many steps of a command read it (a teacher is read
+    for its repository, its head and its weights)."""
+    ckpt = read_yolov5_checkpoint(path)
+    LOGGER.info("imported ultralytics/yolov5 checkpoint %s (%s); only tensors, YAML, names and stride were "
+                "read, nothing in the file was run", path, ckpt["imported_from"])
+    return ckpt
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool = False, use_ema: bool = True) -> Model:
-    """Load a detector checkpoint (weights_only) for inference: eval mode, optionally fused."""
-    ckpt = load_checkpoint(path, expect="detector")
+    """Load a detector checkpoint (ours, or an ultralytics/yolov5 file) for inference: eval mode, optionally fused."""
+    ckpt = read_detector_checkpoint(path)
     model = build_from_checkpoint(ckpt, path, use_ema).to(device).eval()
     return model.fuse() if fuse else model

@@ -27,6 +27,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or not ours; the message names the file."""
 
 
+class UnreadableCheckpoint(CheckpointError):
+    """torch.load(weights_only=True) refused the file: truncated, or a pickle of classes (another program's)."""
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Serialise `payload` (tensors, dicts, lists, numbers, strings) atomically to `path`."""
     buffer = io.BytesIO()
@@ -48,7 +52,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
         first = plain_text(str(e)) or type(e).__name__  # PyTorch's messages carry colour codes and pages of advice
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or foreign file: {first[:160]})") from None
+        raise UnreadableCheckpoint(f"{path}: not a readable checkpoint (truncated or foreign file: {first[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a D3N checkpoint (expected format {FORMAT!r})")
     if expect is not None and ckpt.get("kind") != expect:

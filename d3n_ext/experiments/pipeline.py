@@ -91,6 +91,7 @@ class PipelineOptions:
     unlabeled_share: float = 0.5  # students: share of each batch from the data's unlabeled images (when it has any)
     unlabeled_weight: float = 1.0  # weight of an unlabelled image's distillation terms
     features: str = ""  # stage-1 folder to train once and reuse ('' = <out>/features)
+    weights: str = ""  # start baseline, teacher's detector part, students from it (ours or yolov5s.pt); '' = scratch
 
     def __post_init__(self):
         if self.task not in TASK_MODELS:
@@ -115,8 +116,9 @@ def distillation_task(p: PipelineOptions, options: DistillOptions,
 
 
 def train_options(p: PipelineOptions, name: str, cfg: str, task: DetectionTask | None = None,
-                  weights: str = "") -> TrainOptions:
+                  weights: str | None = None) -> TrainOptions:
     task = task or DetectionTask()
+    weights = p.weights if weights is None else weights
     return TrainOptions(cfg=cfg, data=p.data, hyp=p.hyp, epochs=p.epochs, batch_size=p.batch_size, imgsz=p.imgsz,
                         optimizer=p.optimizer, workers=p.workers, device=p.device, seed=p.seed, scale=True,
                         project=str(Path(p.out)), name=name, exist_ok=True, quiet=True, task=task.kind,
@@ -127,14 +129,14 @@ TEACHER_INITS = ("scratch", "baseline")
 
 
 def teacher_weights(p: PipelineOptions, baseline: Path) -> str:
-    """--teacher-init: '' (from scratch, like the baseline) or the baseline's best.pt (a warm start).
+    """--teacher-init: --weights (from scratch when none, like the baseline) or the baseline's best.pt (a warm start).
 
     A warm start with gated fusion rows makes the teacher exactly the baseline at step 0; it then
     trains `epochs` more, so compare it with the baseline knowing it had twice the detector training.
     """
     if p.teacher_init not in TEACHER_INITS:
         raise ValueError(f"--teacher-init {p.teacher_init!r}: expected one of {', '.join(TEACHER_INITS)}")
-    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else ""
+    return str(baseline / "weights" / "best.pt") if p.teacher_init == "baseline" else p.weights
 
 
 def _finished(run: Path, opt: TrainOptions) -> bool:

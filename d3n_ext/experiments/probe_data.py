@@ -23,9 +23,8 @@ from d3n_ext.stage1.config import FeatureConfig
 from d3n_ext.stage1.features import DDPMFeatureExtractor, load_feature_decoders
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.unet import UNet, UNetConfig
-from models.loading import build_from_checkpoint
+from models.loading import build_from_checkpoint, read_detector_checkpoint
 from utils.augmentations import stretch
-from utils.checkpoints import load_checkpoint
 from utils.data_config import DataConfigError, img2label_paths
 from utils.dataloaders import log_scan_summary, scan_labels
 
@@ -172,7 +171,7 @@ class DetectorMaps:
     timesteps = [NO_TIMESTEP]
 
     def __init__(self, weights: str | Path, grids: list[tuple[int, int]], device: torch.device, imgsz: int = 0):
-        ckpt = load_checkpoint(weights, expect="detector")
+        ckpt = read_detector_checkpoint(weights)
         self.model = build_from_checkpoint(ckpt, weights).to(device).eval().requires_grad_(False)
         if self.model.side_inputs:
             raise ValueError(f"{weights}: a hybrid detector (it reads {', '.join(self.model.side_inputs)}); "

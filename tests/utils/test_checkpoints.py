@@ -85,3 +85,12 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
         save_checkpoint({"kind": "x", "v": 2}, path)
     assert load_checkpoint(path)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_refusals_are_plain_text(tmp_path):
+    """PyTorch colours parts of its weights_only message with terminal escape codes; ours carry none."""
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(1, 1)}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "\x1b" not in str(e.value) and "Weights only load failed" in str(e.value)
