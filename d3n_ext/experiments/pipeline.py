@@ -352,6 +352,8 @@ FLAG_HELP = {  # PipelineOptions field -> its flag's help (a field without one f
                        "which get the distillation terms only; 0.5 = as many as labelled (default: %(default)s)",
     "unlabeled_weight": "students: weight of an unlabelled image's distillation terms, a labelled image's being 1 "
                         "(default: %(default)s)",
+    "weights": "checkpoint the baseline, the teacher's detector part and both students start from: ours or "
+               "ultralytics/yolov5's (yolov5s.pt, read without running it) (default: none, from scratch)",
     "features": "stage-1 folder trained once (seed 0) and shared by every seed and labelled share "
                 "(default: none, <out>/features per run; with --labels per seed)",
 }
