@@ -22,7 +22,8 @@ def test_a_plain_teacher_distils_without_latents_and_with_feature_terms(tmp_path
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt["task"]["distilled_from"] == {"teacher": str(teacher), "latents": "", "dist_lambda": 0.1,
                                               "dist_loss": "l2", "temperature": 20.0, "obj_scaled": False,
-                                              "dist_feat": 0.5, "dist_proto": 0.0}
+                                              "dist_feat": 0.5, "dist_proto": 0.0,
+                                              "unlabeled_share": 0.0, "unlabeled_weight": 1.0}
     losses = (run / "results.csv").read_text().splitlines()[0].split(",")
     assert "train/dist_loss" in losses
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
