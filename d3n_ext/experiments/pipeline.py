@@ -77,7 +77,7 @@ class PipelineOptions:
     optimizer: str = "Adam"
     epochs: int = 12
     batch_size: int = 16
-    imgsz: int = 256
+    imgsz: int = 160  # the demo within 12 minutes on our 2-core CPUs (docs/results.md); NEU-DET protocols pass their own
     workers: int = 2
     device: str = ""
     seed: int = 0
