@@ -75,7 +75,7 @@ class PipelineOptions:
     ddpm_cfg: str = "ddpm-tiny"
     hyp: str = "data/hyps/hyp.cpu-small.yaml"
     optimizer: str = "Adam"
-    epochs: int = 12
+    epochs: int = 8  # with imgsz 160: the demo within 12 minutes on our 2-core CPUs (docs/results.md)
     batch_size: int = 16
     imgsz: int = 160  # the demo within 12 minutes on our 2-core CPUs (docs/results.md); NEU-DET protocols pass their own
     workers: int = 2
