@@ -47,11 +47,8 @@ CACHE_VERSION = 4  # bump when the verification rules change, so old caches are 
 
 # ---------------------------------------------------------------- label verification
 
-def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
-    """Decode one image and parse its labels -> a JSON-able cache entry with status and messages.
-
-    `segments` holds the file's polygons as flat [x1, y1, x2, y2, ...] lists, or nothing for box labels.
-    """
+def verify_image(im_file: Path) -> dict:
+    """An image's cache entry without its labels: decoded and measured (status "unlabeled"), or "corrupt"."""
     entry = {"shape": None, "labels": [], "segments": [], "status": "corrupt", "msgs": [], "dropped": 0}
     im, problem = decode_image(im_file)
     if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:
@@ -59,31 +56,30 @@ def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
         entry["msgs"] = [f"{im_file}: image {problem}; skipped"]
         return entry
     notes = [f"{im_file}: {problem}; used"] if problem else []  # a truncated JPEG (utils.images)
-    entry["shape"] = [im.shape[1], im.shape[0]]  # w, h
+    entry.update(shape=[im.shape[1], im.shape[0]], status="unlabeled", msgs=notes)  # w, h
+    return entry
+
+
+def verify_image_label(im_file: Path, label_file: Path, nc: int | None) -> dict:
+    """Decode one image and parse its labels -> a JSON-able cache entry with status and messages.
+
+    `segments` holds the file's polygons as flat [x1, y1, x2, y2, ...] lists, or nothing for box labels.
+    """
+    entry = verify_image(im_file)
+    if entry["status"] == "corrupt":
+        return entry
     if not label_file.is_file():
-        entry.update(status="missing", msgs=notes)
+        entry.update(status="missing")
         return entry
     try:
         text = label_file.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of row 1
     except (OSError, UnicodeDecodeError) as e:
-        entry["msgs"] = [f"{label_file}: label file unreadable ({type(e).__name__}); image skipped"]
+        entry.update(status="corrupt", msgs=[f"{label_file}: label file unreadable ({type(e).__name__}); image skipped"])
         return entry
     labels, polygons, msgs = parse_label_text(text, label_file, nc, tuple(entry["shape"]))
-    entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=notes + msgs,
+    entry.update(labels=labels.tolist(), status="found" if len(labels) else "empty", msgs=entry["msgs"] + msgs,
                  dropped=sum(m.endswith("row dropped") for m in msgs),
                  segments=[p.reshape(-1).tolist() for p in polygons])
-    return entry
-
-
-def verify_image(im_file: Path) -> dict:
-    """An unlabelled image's entry: decoded and measured, no label file looked at."""
-    entry = {"shape": None, "labels": [], "segments": [], "status": "corrupt", "msgs": [], "dropped": 0}
-    im, problem = decode_image(im_file)
-    if im is None or min(im.shape[:2]) < MIN_IMAGE_SIDE:
-        problem = problem if im is None else f"smaller than {MIN_IMAGE_SIDE} px"
-        entry["msgs"] = [f"{im_file}: image {problem}; skipped"]
-        return entry
-    entry.update(shape=[im.shape[1], im.shape[0]], status="unlabeled", msgs=[f"{im_file}: {problem}; used"] if problem else [])
     return entry
 
 
