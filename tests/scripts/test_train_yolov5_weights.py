@@ -73,7 +73,7 @@ def test_the_run_made_from_an_imported_file_resumes(tmp_path, monkeypatch):
         real_step(self)
 
     monkeypatch.setattr(Trainer, "_optimizer_step", killed_mid_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="resume with python train.py --resume"):  # Ctrl-C: one line, how to resume
         train.main(_flags(data, tmp_path, "killed", 3, "--quiet"))
     monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
     last = tmp_path / "killed" / "weights" / "last.pt"
