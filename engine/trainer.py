@@ -403,7 +403,7 @@ class Trainer:
         row = {"epoch": epoch}
         row.update({f"train/{n}": float(v) for n, v in zip(self.task.loss_names, items)})
         columns = self.task.validator_cls.result_type.columns
-        skipped = 0.0 if self.opt.noval or self.opt.val_interval == 1 else float("nan")  # nan: a gap in the curves
+        skipped = 0.0 if self.opt.noval else float("nan")  # --val-interval's skipped epochs: a gap in the curves
         values = result.results_row() if result is not None else (skipped,) * len(columns)
         row.update(dict(zip(columns, map(float, values))))
         row.update({f"x/lr{j}": lr for j, lr in enumerate(self.lr)})

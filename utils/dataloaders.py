@@ -148,21 +148,18 @@ def log_scan_summary(entries: list[dict], prefix: str = "") -> None:
                 f"labels, {count['empty']} empty, {count['corrupt']} corrupt, {dropped} label rows dropped")
 
 
-def verified_images(im_files: list[Path], nc: int | None = None, prefix: str = "", labelled: bool = True) -> list[Path]:
-    """The images training uses: those the label scan (or its cache) decodes, with the scan's image warnings.
+def verified_images(im_files: list[Path], prefix: str = "") -> list[Path]:
+    """The images training uses: those verify_image decodes (the rule of the label scan), with its warnings.
 
-    For readers of a split other than the dataset (D3N's stage 1), so an image train.py skips is
-    skipped there too, with the same message, instead of aborting or being accepted. `labelled=False`
-    (a data YAML's unlabeled images) decodes the images without opening any label file.
+    For readers that need pixels only (D3N's stage 1), so an image train.py skips is skipped there too,
+    with the same message, instead of aborting or being accepted; no label file is opened.
     """
     im_files = [Path(f) for f in im_files]
     if not im_files:
         return []
-    entries = scan_labels(im_files, img2label_paths(im_files), nc, prefix)[0] if labelled else scan_images(im_files, prefix)
-    for f, entry in zip(im_files, entries):
-        for msg in entry["msgs"]:
-            if msg.startswith(f"{f}:") or entry["status"] == "corrupt":
-                LOGGER.warning("%s%s", prefix, msg)
+    entries = scan_images(im_files, prefix)
+    for msg in (m for e in entries for m in e["msgs"]):
+        LOGGER.warning("%s%s", prefix, msg)
     kept = [f for f, e in zip(im_files, entries) if e["status"] != "corrupt"]
     if len(kept) < len(im_files):
         LOGGER.warning("%s%d of %d images skipped (unreadable, as in training)", prefix, len(im_files) - len(kept),

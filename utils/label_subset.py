@@ -77,13 +77,11 @@ def write_label_subset(data: DataConfig, amount: str | float | int, seed: int, o
     labelled = [train[i].resolve() for i in kept]
     rest = [p.resolve() for i, p in enumerate(train) if i not in keep]
     raw = read_yaml_mapping(data.yaml_path, "a data YAML", DataConfigError)
-    own = raw.get("unlabeled")
+    own = raw.get("unlabeled") or []  # the data's own unlabeled images stay unlabeled
+    unlabeled = ([str((out / "unlabeled.txt").resolve())] if rest else []) + (own if isinstance(own, list) else [own])
     derived = {"path": str(data.root), "train": str((out / "labelled.txt").resolve()),
                "val": raw["val"], **({"test": raw["test"]} if raw.get("test") else {}),
-               "unlabeled": [str((out / "unlabeled.txt").resolve()), *([] if not own else own if isinstance(own, list)
-                                                                         else [own])] if rest or own else None,
-               "names": dict(enumerate(data.names))}
-    derived = {k: v for k, v in derived.items() if v is not None}
+               **({"unlabeled": unlabeled} if unlabeled else {}), "names": dict(enumerate(data.names))}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "labelled.txt", "".join(f"{p}\n" for p in labelled))
     atomic_write_text(out / "unlabeled.txt", "".join(f"{p}\n" for p in rest))

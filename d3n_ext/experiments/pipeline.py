@@ -298,11 +298,11 @@ def run(p: PipelineOptions) -> list[dict]:
     split = report_split(p.data)
     progress.begin(f"evaluation ({split} split) and detect.py")
     rows = [evaluate_run(p, name, run_dir, latents, split) for name, run_dir, latents in runs]
-    made = {**provenance(requested, time.time() - start), **extra}
+    made = {**provenance(p, time.time() - start), **extra}  # options as run; extra: the protocol as asked
     text = format_table(rows, p.imgsz, split) + (f"\nCommand: `{made['command']}` (seed {p.seed}); machine: "
                                                  f"{made['machine']}; {made['minutes']} minutes.\n")
     atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made, "options": asdict(p)}, indent=2))
+    atomic_write_text(out / "table.json", json.dumps({"rows": rows, **made}, indent=2))
     write_figures(out, {name: run_dir for name, run_dir, _ in runs}, rows, split)
     predict(student / "weights" / "best.pt", p.detect_source, PredictOptions(p.imgsz, scale=True),
             OutputOptions(out / "detect"), p.device, kind=p.task)

@@ -44,10 +44,10 @@ from d3n_ext.experiments.probe_fit import (ProbeSettings, channel_stats, fit_lin
 from d3n_ext.stage1.checkpoints import LEVEL_NAMES
 from d3n_ext.stage1.features import read_image
 from d3n_ext.stage1.repository import LatentRepository
-from utils.checkpoints import load_checkpoint
+from models.loading import read_detector_checkpoint
 from utils.cli import exit_on_user_error
-from utils.label_subset import labels_amount, write_label_subset
 from utils.data_config import DataConfig, load_data_config
+from utils.label_subset import labels_amount, write_label_subset
 from utils.files import atomic_write_text, increment_path
 from utils.logging import set_logging
 from utils.torch_utils import select_device
@@ -242,7 +242,7 @@ def labelled_subset(data: DataConfig, o: ProbeOptions, out: Path) -> DataConfig:
     a --detector trained on a subset must have been trained on this one."""
     derived = load_data_config(write_label_subset(data, o.labels, o.probe.seed, out / "labels"), autogenerate=False)
     if o.detector:
-        trained_on = (load_checkpoint(o.detector, expect="detector").get("train_opts") or {}).get("data", "")
+        trained_on = (read_detector_checkpoint(o.detector).get("train_opts") or {}).get("data", "")
         if not trained_on or not Path(trained_on).is_file():
             raise ValueError(f"{o.detector}: its training data ({trained_on or 'not recorded'}) cannot be read, so it "
                              f"cannot be checked against --labels {o.labels}; pass the detector the pipeline trained")

@@ -106,7 +106,7 @@ def usable_images(data: DataConfig) -> DataConfig:
     """
     with main_process_first():
         check_unlabeled(data)  # no val/test image among the unlabelled ones (one line if so)
-        splits = {s: verified_images(files, data.nc, f"{s}: ", labelled=False) for s, files in data.splits.items()}
+        splits = {s: verified_images(files, f"{s}: ") for s, files in data.splits.items()}
     for split, files in splits.items():
         if not files:
             raise ValueError(f"{data.yaml_path}: split '{split}': none of its images is readable")
