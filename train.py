@@ -85,7 +85,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=100,
                    help="stop after this many epochs without improvement, 0 never (default: %(default)s)")
     p.add_argument("--freeze", nargs="+", type=int, default=[],
-                   help="freeze these layer indices, e.g. --freeze 0 1 2 (default: none)")
+                   help="freeze layers: one number N freezes the first N (--freeze 10: the yolov5 backbone), "
+                        "several are indices (--freeze 0 1 2) (default: none)")
     p.add_argument("--save-period", type=int, default=-1,
                    help="also save weights/epoch<N>.pt every N epochs, off if < 1 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="global training seed (default: %(default)s)")

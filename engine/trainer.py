@@ -83,6 +83,13 @@ class TrainOptions:
     task_state: dict = field(default_factory=dict)  # its options, which rebuild it on --resume
 
 
+def frozen_layers(freeze: list[int]) -> list[int]:
+    """--freeze as YOLOv5 reads it: one number N is the first N layers, several are layer indices."""
+    if any(x < 0 for x in freeze):
+        raise ValueError(f"--freeze {' '.join(map(str, freeze))}: layer numbers cannot be negative")
+    return list(range(freeze[0])) if len(freeze) == 1 else list(freeze)
+
+
 class StopTraining(RuntimeError):
     """A NaN/inf loss: training stops with the step and the loss items."""
 
@@ -93,6 +100,7 @@ def check_train_options(opt: TrainOptions) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{flag} {value}: expected a positive integer")
     check_img_size(opt.imgsz, 1)
+    frozen_layers(opt.freeze)
     if not opt.cfg and not opt.weights and not opt.resume:
         raise ValueError("no model given: pass --cfg <model YAML> or --weights <checkpoint>")
 
@@ -162,8 +170,9 @@ class Trainer:
             model = Model(self.task.model_cfg(load_model_yaml(self.opt.cfg)[0]), nc=nc)
         model = self.task.prepare_model(model)
         model.names = names
+        frozen = frozen_layers(self.opt.freeze)
         for k, v in model.named_parameters():
-            if any(k.startswith(f"model.{x}.") for x in self.opt.freeze):
+            if any(k.startswith(f"model.{x}.") for x in frozen):
                 v.requires_grad = False  # parts frozen by their own block (e.g. a decoder) stay frozen too
         return channels_last(model.to(self.device))
 

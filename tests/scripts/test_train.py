@@ -158,3 +158,24 @@ def test_tensorboard_events_hold_the_scalars_and_images_and_can_be_turned_off(tm
     assert {"train_batch0", "val_batch0_pred", "PR_curve", "results"} <= set(events.Tags()["images"])
     quiet = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "no-tb", "--epochs", "1", "--no-tensorboard"))
     assert not list(quiet.glob("events.out.tfevents*"))
+
+
+def test_freeze_reads_like_yolov5_one_number_is_the_first_n_layers(tmp_path, tiny_data, tiny_model_yaml):
+    """`--freeze 2` keeps layers 0 and 1 as built (YOLOv5's meaning), `--freeze 0 2` exactly those two."""
+    def changed_layers(*freeze: str) -> set[int]:
+        name = "f" + "-".join(freeze)
+        torch.manual_seed(0)
+        start = Model(yaml.safe_load(Path(tiny_model_yaml).read_text()), nc=2)
+        init = tmp_path / f"{name}.pt"
+        save_model(init, start)
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, name, "--weights", str(init), "--epochs", "1",
+                          "--freeze", *freeze))
+        end, before = _final_weights(tmp_path / name), start.state_dict()
+        return {int(k.split(".")[1]) for k, v in end.items() if k.endswith(".weight") and k in before
+                and not torch.equal(v.float(), before[k].float())}
+
+    first_two, listed = changed_layers("2"), changed_layers("0", "2")
+    assert {0, 1}.isdisjoint(first_two) and 2 in first_two
+    assert {0, 2}.isdisjoint(listed) and 1 in listed
+    with pytest.raises(SystemExit, match="--freeze -1: layer numbers cannot be negative"):
+        train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "neg", "--freeze", "-1"))
