@@ -102,7 +102,12 @@ def find_leaks(unlabeled: list[Path], held_out: dict[str, list[Path]], cache_fil
     if not unlabeled or not held:
         return []
     fps = fingerprints([*unlabeled, *(p for _, p in held)], cache_file)
-    fu, fh = fps[:len(unlabeled)], fps[len(unlabeled):]
+    return _copies(unlabeled, fps[:len(unlabeled)], held, fps[len(unlabeled):])
+
+
+def _copies(unlabeled: list[Path], fu: list[dict | None], held: list[tuple[str, Path]],
+            fh: list[dict | None]) -> list[Leak]:
+    """The matching behind find_leaks, on fingerprints already computed."""
     by_sha = {fp["sha256"]: i for i, fp in enumerate(fh) if fp is not None}
     ok_h = [i for i, fp in enumerate(fh) if fp is not None]
     thumbs_h = np.array([fh[i]["thumb"] for i in ok_h], np.float32).reshape(len(ok_h), -1)
@@ -132,14 +137,18 @@ def check_unlabeled(data: DataConfig) -> list[Path]:
     unlabeled = data.splits.get("unlabeled") or []
     if not unlabeled:
         return []
-    leaks = find_leaks(unlabeled, {s: data.splits[s] for s in HELD_OUT if s in data.splits}, cache_path(data))
+    held = [(s, p) for s in HELD_OUT for p in data.splits.get(s) or []]
+    train = [("train", p) for p in data.splits.get("train") or []]
+    fps = fingerprints([*unlabeled, *(p for _, p in held), *(p for _, p in train)], cache_path(data))
+    fu, fh, ft = fps[:len(unlabeled)], fps[len(unlabeled):len(unlabeled) + len(held)], fps[len(unlabeled) + len(held):]
+    leaks = _copies(unlabeled, fu, held, fh)
     if leaks:
         first = leaks[0]
         raise DataConfigError(
             f"{data.yaml_path}: {len(leaks)} unlabeled image(s) are copies of val/test images (first: {first.unlabeled} "
             f"is a {first.how} of {first.held_out}, {first.split}); remove them, e.g. `python -m utils.unlabeled_pool "
             f"--data {data.yaml_path} --out <list.txt>` writes a clean list")
-    also_train = find_leaks(unlabeled, {"train": data.splits.get("train") or []}, cache_path(data))
+    also_train = _copies(unlabeled, fu, train, ft)
     if also_train:
         LOGGER.warning("WARNING: %s: %d unlabeled image(s) are also train images (first: %s, a %s of %s); their labels "
                        "are not read, but they are seen twice as often", data.yaml_path, len(also_train),
