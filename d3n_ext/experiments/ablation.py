@@ -149,10 +149,16 @@ def run(a: AblationOptions) -> list[dict]:
     return results
 
 
+# Pipeline flags an ablation has no use for (it trains a baseline and teachers from scratch, detection only):
+# refused rather than silently ignored.
+NOT_ABLATION_FLAGS = frozenset({"controls", "teacher_init", "dist_lambda", "dist_feat", "detect_source", "task",
+                                "labels", "unlabeled_share", "unlabeled_weight"})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The pipeline's flags (the training settings) and the tables'; parses nothing."""
+    """The pipeline's training flags and the tables'; parses nothing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_pipeline_flags(ap, PipelineOptions(out="runs/ablation/exp"))
+    add_pipeline_flags(ap, PipelineOptions(out="runs/ablation/exp"), skip=NOT_ABLATION_FLAGS)
     ap.add_argument("--tables", nargs="+", default=["2", "3"],
                     help="which tables: 2 (fusion), 3 (compressor, filter) (default: 2 3)")
     ap.add_argument("--kv-tokens", type=int, default=64,

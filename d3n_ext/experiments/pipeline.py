@@ -359,9 +359,12 @@ FLAG_HELP = {  # PipelineOptions field -> its flag's help (a field without one f
 }
 
 
-def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions) -> None:
-    """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet."""
+def add_pipeline_flags(ap: argparse.ArgumentParser, defaults: PipelineOptions, skip: frozenset[str] = frozenset()) -> None:
+    """One flag per PipelineOptions field (--stage1 for the preset overrides), plus --quiet. Fields in `skip`
+    get no flag, so a command that would ignore them refuses them instead (argparse: unrecognized arguments)."""
     for key, value in asdict(defaults).items():
+        if key in skip:
+            continue
         if key == "labels":
             ap.add_argument("--labels", nargs="+", default=[], metavar="SHARE",
                             help="label-efficient runs: per value, keep that share (0.1) or count (126) of the train "

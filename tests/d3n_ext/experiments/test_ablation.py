@@ -67,3 +67,16 @@ def test_table_iii_runs_end_to_end_and_writes_its_table(tmp_path):
     assert "Table III" in table and "| ResVAE + FreqFilter |" in table
     no_filter = load_model_yaml(out / "cfg-resvae-noff" / "model.yaml")[0]
     assert "FreqFilter" not in json.dumps(no_filter)
+
+
+@pytest.mark.parametrize("flag", [["--labels", "0.1"], ["--teacher-init", "baseline"], ["--dist-lambda", "1"],
+                                  ["--task", "segment"], ["--no-controls"]])
+def test_pipeline_flags_an_ablation_cannot_honour_are_refused_not_ignored(flag, capsys):
+    with pytest.raises(SystemExit):
+        ablation.parse_opt(flag)
+    assert f"unrecognized arguments: {' '.join(flag)}" in capsys.readouterr().err
+
+
+def test_the_training_flags_reach_the_ablation():
+    a = ablation.parse_opt(["--epochs", "3", "--imgsz", "96", "--seed", "2", "--features", "f", "--tables", "3"])
+    assert (a.pipeline.epochs, a.pipeline.imgsz, a.pipeline.seed, a.pipeline.features, a.tables) == (3, 96, 2, "f", ["3"])
