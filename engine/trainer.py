@@ -183,6 +183,8 @@ class Trainer:
         cfg = load_model_yaml(self.opt.cfg or ckpt["model_yaml"])[0]
         model = Model(self.task.model_cfg(cfg), nc=nc)
         state = ckpt.get("ema") or ckpt.get("state_dict") or {}
+        if self.opt.cfg:  # as in YOLOv5, anchors written in the --cfg YAML win over the checkpoint's
+            state = {k: v for k, v in state.items() if not k.endswith(".anchors")}
         fit, total, mismatch = transfer_weights(model, state)
         if fit < TRANSFER_WARN_SHARE * total:
             built = f"--cfg {self.opt.cfg}; drop --cfg to fine-tune the checkpoint's own model" if self.opt.cfg else \

@@ -179,3 +179,20 @@ def test_freeze_reads_like_yolov5_one_number_is_the_first_n_layers(tmp_path, tin
     assert {0, 2}.isdisjoint(listed) and 1 in listed
     with pytest.raises(SystemExit, match="--freeze -1: layer numbers cannot be negative"):
         train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "neg", "--freeze", "-1"))
+
+
+def test_anchors_written_in_cfg_win_over_the_checkpoints_when_fine_tuning(tmp_path, tiny_data, tiny_model_yaml):
+    """Like YOLOv5: --weights alone keeps the checkpoint's anchors; --cfg with --weights takes the YAML's."""
+    model = Model(yaml.safe_load(Path(tiny_model_yaml).read_text()), nc=2)
+    yaml_anchors = model.detect.anchors.clone()
+    model.detect.anchors.mul_(1.5)
+    init = tmp_path / "init.pt"
+    save_model(init, model)
+    anchors = {}
+    for name, extra in (("own", ()), ("cfg", ("--cfg", str(tiny_model_yaml)))):
+        flags = _flags(tiny_data, tiny_model_yaml, tmp_path, name, "--epochs", "1", "--noautoanchor", "--weights", str(init))
+        flags.remove("--cfg"), flags.remove(str(tiny_model_yaml))
+        train.main([*flags, *extra])
+        anchors[name] = next(v for k, v in _final_weights(tmp_path / name).items() if k.endswith(".anchors"))
+    assert torch.allclose(anchors["own"].float(), yaml_anchors * 1.5)
+    assert torch.allclose(anchors["cfg"].float(), yaml_anchors)
