@@ -152,7 +152,7 @@ def run(a: AblationOptions) -> list[dict]:
 # Pipeline flags an ablation has no use for (it trains a baseline and teachers from scratch, detection only):
 # refused rather than silently ignored.
 NOT_ABLATION_FLAGS = frozenset({"controls", "teacher_init", "dist_lambda", "dist_feat", "detect_source", "task",
-                                "labels", "unlabeled_share", "unlabeled_weight", "jobs"})
+                                "labels", "unlabeled_share", "unlabeled_weight"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,8 +33,7 @@ from utils.label_subset import write_label_subset
 LOGGER = logging.getLogger(__name__)
 
 # options that may differ between a share's runs and the full-label protocol they are plotted beside
-# (jobs changes the wall time, never the weights)
-PER_RUN_KEYS = {"data", "out", "seed", "labels", "epochs", "val_interval", "features", "detect_source", "jobs"}
+PER_RUN_KEYS = {"data", "out", "seed", "labels", "epochs", "val_interval", "features", "detect_source"}
 
 
 def subset_folder(out: str | Path, labels: str) -> Path:

@@ -36,7 +36,6 @@ from d3n_ext.distill import DistillationTask, DistillOptions, SegmentDistillatio
 from d3n_ext.experiments.summary import (BASELINE, MARGINS, SELF_DISTILLED, STUDENT, TEACHER, format_seed_summary,  # noqa: F401
                                          seed_summary, summarise_tables, write_seed_summary)
 from d3n_ext.experiments.label_efficient import provenance_extra, summarise_fractions, with_label_subset
-from d3n_ext.experiments.lanes import LaneError, run_side_by_side
 from d3n_ext.experiments.progress import StageProgress
 from d3n_ext.fusion.task import D3NSegmentationTask, D3NTask
 from engine.segment_validator import SegmentValResult
@@ -93,7 +92,6 @@ class PipelineOptions:
     unlabeled_weight: float = 1.0  # weight of an unlabelled image's distillation terms
     features: str = ""  # stage-1 folder to train once and reuse ('' = <out>/features)
     weights: str = ""  # start baseline, teacher's detector part, students from it (ours or yolov5s.pt); '' = scratch
-    jobs: int = 1  # 2: the baseline lane and the D3N lane as two processes side by side (same weights, less wall time)
 
     def __post_init__(self):
         if self.task not in TASK_MODELS:
@@ -102,11 +100,6 @@ class PipelineOptions:
             detect, segment = TASK_MODELS["detect"], TASK_MODELS["segment"]
             self.cfg = segment[0] if self.cfg == detect[0] else self.cfg
             self.teacher_cfg = segment[1] if self.teacher_cfg == detect[1] else self.teacher_cfg
-        if self.jobs not in (1, 2):
-            raise ValueError(f"--jobs {self.jobs}: expected 1 (one stage after another) or 2 (two lanes side by side)")
-        if self.jobs == 2 and self.teacher_init == "baseline":
-            raise ValueError("--jobs 2 --teacher-init baseline: the teacher starts from the trained baseline, so its "
-                             "lane cannot run beside the baseline's; use --jobs 1")
 
 
 def baseline_task(p: PipelineOptions) -> DetectionTask:
@@ -265,54 +258,6 @@ def stage1(p: PipelineOptions, compressor: str = "resvae", data: str = "") -> Pa
     return features / "pca" if compressor == "pca" else features
 
 
-def unlabeled_share(p: PipelineOptions) -> float:
-    """--unlabeled-share when the data names unlabelled images, else 0 (students see labelled images only)."""
-    return p.unlabeled_share if load_data_config(p.data, autogenerate=False).splits.get("unlabeled") else 0.0
-
-
-def train_baseline_lane(p: PipelineOptions, progress: StageProgress) -> list[tuple[str, Path, None]]:
-    """The baseline and, with --controls, the self-distilled student (distilled from the baseline): no DDPM."""
-    task = baseline_task(p)
-    baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline", progress)
-    runs = [(BASELINE, baseline, None)]
-    if p.controls:
-        control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
-                                 dist_feat=p.dist_feat, unlabeled_share=unlabeled_share(p),
-                                 unlabeled_weight=p.unlabeled_weight)
-        task = distillation_task(p, control)
-        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
-                                                 "self-distilled student", progress), None))
-    return runs
-
-
-def train_d3n_lane(p: PipelineOptions, stage1_data: str, progress: StageProgress) -> tuple[Path, RepositoryInputs, Path]:
-    """Stage 1 on `stage1_data` (every image, labels unread), the hybrid teacher, the D3N student distilled from it."""
-    progress.begin("stage 1 (DDPM, ResVAE, latent repository)")
-    features = RepositoryInputs.open(stage1(p, data=stage1_data))
-    task = teacher_task(p, features)
-    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, Path(p.out) / "baseline")),
-                          task, "teacher", progress)
-    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
-                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat, unlabeled_share=unlabeled_share(p),
-                             unlabeled_weight=p.unlabeled_weight)
-    task = distillation_task(p, distill, features)
-    student = train_stage(train_options(p, "student", p.cfg, task), task, "student", progress)
-    return teacher, features, student
-
-
-def run_lanes(p: PipelineOptions, stage1_data: str, progress: StageProgress) -> None:
-    """--jobs 2: both lanes trained at once in two processes (lane_worker), their stage lines shown here."""
-    spec = Path(p.out) / "lanes" / "options.json"
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec, json.dumps({"options": asdict(p), "stage1_data": stage1_data, "start": progress.start,
-                                        "stages": progress.total, "baseline_stages": 2 if p.controls else 1,
-                                        "threads": torch.get_num_threads()}))
-    LOGGER.info("--jobs 2: the baseline lane and the D3N lane train side by side; logs in %s", spec.parent)
-    command = [sys.executable, "-m", "d3n_ext.experiments.lane_worker"]
-    run_side_by_side({lane: [*command, lane, str(spec)] for lane in ("baseline", "d3n")}, spec.parent,
-                     keep=lambda line: line.startswith("stage "), show=LOGGER.info)
-
-
 def run(p: PipelineOptions) -> list[dict]:
     """Every stage, then the table on the report split: baseline, teacher, [self-distilled student], D3N student.
 
@@ -327,11 +272,27 @@ def run(p: PipelineOptions) -> list[dict]:
         p, facts = with_label_subset(p)
         extra = provenance_extra(requested, facts)
     out = Path(p.out)
+    unlabeled = p.unlabeled_share if load_data_config(p.data, autogenerate=False).splits.get("unlabeled") else 0.0
     progress = StageProgress(6 if p.controls else 5, start)
-    if p.jobs > 1:
-        run_lanes(p, requested.data, progress)
-    runs = train_baseline_lane(p, progress)  # with --jobs 2 every stage below is reused, already trained
-    teacher, features, student = train_d3n_lane(p, requested.data, progress)
+    task = baseline_task(p)
+    baseline = train_stage(train_options(p, "baseline", p.cfg, task), task, "baseline", progress)
+    runs = [(BASELINE, baseline, None)]
+    if p.controls:  # needs no DDPM: trained before stage 1
+        control = DistillOptions(teacher=str(baseline / "weights" / "best.pt"), dist_lambda=p.dist_lambda,
+                                 dist_feat=p.dist_feat, unlabeled_share=unlabeled, unlabeled_weight=p.unlabeled_weight)
+        task = distillation_task(p, control)
+        runs.append((SELF_DISTILLED, train_stage(train_options(p, "self-distilled", p.cfg, task), task,
+                                                 "self-distilled student", progress), None))
+    progress.begin("stage 1 (DDPM, ResVAE, latent repository)")
+    features = RepositoryInputs.open(stage1(p, data=requested.data))
+    task = teacher_task(p, features)
+    teacher = train_stage(train_options(p, "teacher", p.teacher_cfg, task, teacher_weights(p, baseline)), task,
+                          "teacher", progress)
+    distill = DistillOptions(teacher=str(teacher / "weights" / "best.pt"), latents=str(features.root),
+                             dist_lambda=p.dist_lambda, dist_feat=p.dist_feat, unlabeled_share=unlabeled,
+                             unlabeled_weight=p.unlabeled_weight)
+    task = distillation_task(p, distill, features)
+    student = train_stage(train_options(p, "student", p.cfg, task), task, "student", progress)
     runs[1:1] = [(TEACHER, teacher, features)]
     runs.append((STUDENT, student, None))
     split = report_split(p.data)
@@ -393,9 +354,6 @@ FLAG_HELP = {  # PipelineOptions field -> its flag's help (a field without one f
                         "(default: %(default)s)",
     "weights": "checkpoint the baseline, the teacher's detector part and both students start from: ours or "
                "ultralytics/yolov5's (yolov5s.pt, read without running it) (default: none, from scratch)",
-    "jobs": "1: stages one after another; 2: the baseline lane (baseline, self-distilled student) and the D3N "
-            "lane (stage 1, teacher, D3N student) as two processes at once — the same weights, less wall time where "
-            "one training leaves cores idle (default: %(default)s)",
     "features": "stage-1 folder trained once (seed 0) and shared by every seed and labelled share "
                 "(default: none, <out>/features per run; with --labels per seed)",
 }
@@ -513,7 +471,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
         return exit_on_user_error(lambda: summarise(tables, Path(p.out)))
     if labels and not seeds:
         seeds = [p.seed]
-    return exit_on_user_error(lambda: run_seeds(p, seeds, labels) if seeds else run(p), extra=(StopTraining, LaneError))
+    return exit_on_user_error(lambda: run_seeds(p, seeds, labels) if seeds else run(p), extra=(StopTraining,))
 
 
 if __name__ == "__main__":
