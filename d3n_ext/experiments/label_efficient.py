@@ -73,9 +73,15 @@ def _fraction(table: dict) -> float:
     return float((table.get("labels") or {}).get("labelled_fraction", 1.0))
 
 
+# options added after tables were written, with the behaviour their absence meant
+LATER_OPTIONS = {"task": "detect"}
+# the students' unlabelled images: a full-label table (every train image labelled) has none to share
+UNLABELED_KEYS = {"unlabeled_share", "unlabeled_weight"}
+
+
 def _protocol(table: dict) -> dict:
-    options = table.get("protocol") or table["options"]
-    return {k: v for k, v in options.items() if k not in PER_RUN_KEYS}
+    options = {**LATER_OPTIONS, **(table.get("protocol") or table["options"])}
+    return {k: v for k, v in options.items() if k not in PER_RUN_KEYS | UNLABELED_KEYS}
 
 
 def summarise_fractions(tables: dict[str, dict], out: Path) -> dict:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from d3n_ext.experiments import pipeline
+from d3n_ext.experiments.label_efficient import summarise_fractions
 
 
 def rows(baseline: float, teacher: float, control: float, student: float) -> list[dict]:
@@ -125,3 +126,17 @@ def test_segment_task_uses_seg_models_and_reports_masks_beside_boxes():
 def test_an_unknown_task_is_one_line():
     with pytest.raises(SystemExit, match="error: --task 'pose': expected one of detect, segment"):
         pipeline.main(["--task", "pose", "--quiet"])
+
+
+def test_full_label_tables_join_the_share_plot_when_their_protocol_matches(tmp_path, caplog):
+    """Tables written before --task and --unlabeled-* existed still join as share 1.0; another size does not."""
+    protocol = {"cfg": "yolov5n.yaml", "imgsz": 160, "epochs": 15, "seed": 0, "task": "detect",
+                "unlabeled_share": 0.5, "unlabeled_weight": 1.0}
+    share = {"rows": rows(0.5, 0.5, 0.55, 0.55), "options": {**protocol, "epochs": 150}, "protocol": protocol,
+             "labels": {"labelled_fraction": 0.1}}
+    older = {k: v for k, v in protocol.items() if k not in ("task", "unlabeled_share", "unlabeled_weight")}
+    full = {"rows": rows(0.56, 0.55, 0.58, 0.58), "options": older}
+    other = {"rows": rows(0.6, 0.6, 0.6, 0.6), "options": {**older, "seed": 1, "imgsz": 320}}
+    result = summarise_fractions({"a": share, "b": full, "c": other}, tmp_path)
+    assert sorted(result) == [0.1, 1.0]
+    assert "c: a full-label run with another protocol (imgsz)" in caplog.text
