@@ -139,16 +139,17 @@ def check_unlabeled(data: DataConfig) -> list[Path]:
         return []
     held = [(s, p) for s in HELD_OUT for p in data.splits.get(s) or []]
     train = [("train", p) for p in data.splits.get("train") or []]
-    fps = fingerprints([*unlabeled, *(p for _, p in held), *(p for _, p in train)], cache_path(data))
-    fu, fh, ft = fps[:len(unlabeled)], fps[len(unlabeled):len(unlabeled) + len(held)], fps[len(unlabeled) + len(held):]
-    leaks = _copies(unlabeled, fu, held, fh)
+    paths = [*unlabeled, *(p for _, p in held), *(p for _, p in train)]
+    fp = dict(zip(paths, fingerprints(paths, cache_path(data))))  # one pass over the cache for both checks
+    fu = [fp[p] for p in unlabeled]
+    leaks = _copies(unlabeled, fu, held, [fp[p] for _, p in held])
     if leaks:
         first = leaks[0]
         raise DataConfigError(
             f"{data.yaml_path}: {len(leaks)} unlabeled image(s) are copies of val/test images (first: {first.unlabeled} "
             f"is a {first.how} of {first.held_out}, {first.split}); remove them, e.g. `python -m utils.unlabeled_pool "
             f"--data {data.yaml_path} --out <list.txt>` writes a clean list")
-    also_train = _copies(unlabeled, fu, train, ft)
+    also_train = _copies(unlabeled, fu, train, [fp[p] for _, p in train])
     if also_train:
         LOGGER.warning("WARNING: %s: %d unlabeled image(s) are also train images (first: %s, a %s of %s); their labels "
                        "are not read, but they are seen twice as often", data.yaml_path, len(also_train),

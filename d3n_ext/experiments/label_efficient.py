@@ -77,11 +77,12 @@ def _fraction(table: dict) -> float:
 LATER_OPTIONS = {"task": "detect"}
 # the students' unlabelled images: a full-label table (every train image labelled) has none to share
 UNLABELED_KEYS = {"unlabeled_share", "unlabeled_weight"}
+NOT_PROTOCOL = PER_RUN_KEYS | UNLABELED_KEYS
 
 
 def _protocol(table: dict) -> dict:
     options = {**LATER_OPTIONS, **(table.get("protocol") or table["options"])}
-    return {k: v for k, v in options.items() if k not in PER_RUN_KEYS | UNLABELED_KEYS}
+    return {k: v for k, v in options.items() if k not in NOT_PROTOCOL}
 
 
 def summarise_fractions(tables: dict[str, dict], out: Path) -> dict:

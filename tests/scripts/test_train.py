@@ -191,7 +191,8 @@ def test_anchors_written_in_cfg_win_over_the_checkpoints_when_fine_tuning(tmp_pa
     anchors = {}
     for name, extra in (("own", ()), ("cfg", ("--cfg", str(tiny_model_yaml)))):
         flags = _flags(tiny_data, tiny_model_yaml, tmp_path, name, "--epochs", "1", "--noautoanchor", "--weights", str(init))
-        flags.remove("--cfg"), flags.remove(str(tiny_model_yaml))
+        flags.remove("--cfg")
+        flags.remove(str(tiny_model_yaml))
         train.main([*flags, *extra])
         anchors[name] = next(v for k, v in _final_weights(tmp_path / name).items() if k.endswith(".anchors"))
     assert torch.allclose(anchors["own"].float(), yaml_anchors * 1.5)
