@@ -30,7 +30,7 @@ from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import check_data_yaml, load_data_config
-from utils.dataloaders import create_dataloader, join_batches, set_loader_epoch
+from utils.dataloaders import create_dataloader, join_batches, set_loader_epoch, set_loader_limit
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import Hyp, load_hyp
 from utils.image_size import check_img_size
@@ -261,10 +261,11 @@ class Trainer:
             yield from self.train_loader
             return
         passes, unlabeled = 0, None
-        for batch in self.train_loader:
+        for i, batch in enumerate(self.train_loader):
             other = next(unlabeled, None) if unlabeled is not None else None
-            if other is None:
+            if other is None:  # a new pass, cut to what the epoch has left: no batch is prepared for nothing
                 set_loader_epoch(self.unlabeled_loader, epoch * 1000 + passes)
+                set_loader_limit(self.unlabeled_loader, len(self.train_loader) - i)
                 passes, unlabeled = passes + 1, iter(self.unlabeled_loader)
                 other = next(unlabeled)
             yield join_batches(batch, other)

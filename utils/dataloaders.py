@@ -21,14 +21,14 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_span, random_perspective, stretch, warp_map
@@ -472,6 +472,33 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochPrefixSampler(Sampler[int]):
+    """A seeded per-epoch shuffle, cut to its first `limit` indices when the caller will use no more.
+
+    A loader abandoned mid-epoch has had its workers prepare batches ahead (prefetch) that nobody reads; a
+    loader told how many it will use (`set_loader_limit`) prepares only those, and they are the same ones.
+    """
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler, self.limit = sampler, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return islice(iter(self.sampler), self.limit)
+
+    def __len__(self) -> int:
+        return len(self.sampler) if self.limit is None else min(self.limit, len(self.sampler))
+
+
+def set_loader_limit(loader: DataLoader, batches: int | None) -> None:
+    """Call before iter(loader): its next pass yields at most `batches` batches (None: the whole epoch)."""
+    if not isinstance(loader.sampler, EpochPrefixSampler):
+        raise TypeError("set_loader_limit needs a shuffling loader from create_dataloader")
+    loader.sampler.limit = None if batches is None else batches * loader.batch_size
+
+
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Call before each epoch: reshuffles the sampler and reseeds augmentation, both from the epoch."""
     if hasattr(loader.sampler, "set_epoch"):
@@ -507,6 +534,7 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     else:  # one replica: the same per-epoch seeded shuffle, without a process group
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed) if shuffle else None
+    sampler = EpochPrefixSampler(sampler) if shuffle else sampler
     generator = torch.Generator()
     generator.manual_seed(seed + (dist.get_rank() if use_dist else 0))
     collate = getattr(dataset, "collate_fn", collate_fn)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.dataloaders import LoadImagesAndLabels, collate_fn, create_dataloader, label_cache_path, set_loader_epoch
+from utils.dataloaders import (LoadImagesAndLabels, collate_fn, create_dataloader, label_cache_path, set_loader_epoch,
+                               set_loader_limit)
 from utils.hyp import Hyp
 
 # (w, h) and boxes as normalised (cls, x, y, w, h); every image differs in shape and content
@@ -300,3 +301,36 @@ def test_rotation_keeps_box_centres_on_their_source_point(dataset_dir):
             src = [b for b in ds.labels[index] if b[0] == cls]
             tol = [stride * (b[3] / box_px[2] + b[4] / box_px[3]) for b in src]  # about one cell, in source units
             assert any(np.abs(b[1:3] - value[:2].numpy()).max() < t for b, t in zip(src, tol))
+
+
+class CountingDataset(CoordDataset):
+    """Counts every sample prepared, in whichever worker process (one shared counter per index)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = torch.zeros(len(self.im_files), dtype=torch.int64).share_memory_()
+
+    def __getitem__(self, index):
+        self.calls[index] += 1
+        return super().__getitem__(index)
+
+
+def test_a_limited_pass_prepares_only_the_batches_it_yields(dataset_dir):
+    loader, ds = create_dataloader(_files(dataset_dir), 64, 2, 32, augment=True, workers=2, shuffle=True, seed=3,
+                                   dataset_cls=CountingDataset)
+    set_loader_epoch(loader, 7)
+    whole = [paths for _, _, paths, _, _ in loader]
+    assert len(whole) == 3 and int(ds.calls.sum()) == 6
+    ds.calls.zero_()
+    set_loader_limit(loader, 1)
+    cut = [paths for _, _, paths, _, _ in loader]
+    assert cut == whole[:1] and len(loader) == 1
+    assert int(ds.calls.sum()) == 2  # prefetching workers were given nothing beyond the batch the caller takes
+    set_loader_limit(loader, None)
+    assert [paths for _, _, paths, _, _ in loader] == whole
+
+
+def test_set_loader_limit_needs_a_shuffling_loader(dataset_dir):
+    loader, _ = create_dataloader(_files(dataset_dir), 64, 2, 32, workers=0)
+    with pytest.raises(TypeError, match="shuffling loader"):
+        set_loader_limit(loader, 1)
