@@ -7,21 +7,15 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import DistributedSampler
 
 from engine.trainer import Trainer
+from tests.utils.counting import CountsSamples
 from utils.dataloaders import UNLABELED, LoadImagesAndLabels, create_dataloader
 
 
-class Counting(LoadImagesAndLabels):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = torch.zeros(len(self.im_files), dtype=torch.int64).share_memory_()
-
-    def __getitem__(self, index):
-        self.calls[index] += 1
-        return super().__getitem__(index)
+class Counting(CountsSamples, LoadImagesAndLabels):
+    pass
 
 
 def _images(folder: Path, n: int, labelled: bool) -> list[Path]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.utils.counting import CountsSamples
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.dataloaders import (LoadImagesAndLabels, collate_fn, create_dataloader, label_cache_path, set_loader_epoch,
                                set_loader_limit)
@@ -303,16 +304,8 @@ def test_rotation_keeps_box_centres_on_their_source_point(dataset_dir):
             assert any(np.abs(b[1:3] - value[:2].numpy()).max() < t for b, t in zip(src, tol))
 
 
-class CountingDataset(CoordDataset):
-    """Counts every sample prepared, in whichever worker process (one shared counter per index)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = torch.zeros(len(self.im_files), dtype=torch.int64).share_memory_()
-
-    def __getitem__(self, index):
-        self.calls[index] += 1
-        return super().__getitem__(index)
+class CountingDataset(CountsSamples, CoordDataset):
+    pass
 
 
 def test_a_limited_pass_prepares_only_the_batches_it_yields(dataset_dir):
