@@ -20,6 +20,7 @@ from tqdm import tqdm
 from d3n_ext.stage1.checkpoints import save_ddpm
 from d3n_ext.stage1.config import Stage1Config
 from d3n_ext.stage1.diffusion import GaussianDiffusion
+from d3n_ext.stage1.reuse import ddpm_training_record
 from d3n_ext.stage1.features import read_image, to_ddpm_input
 from d3n_ext.stage1.training_loop import AdamSchedule, train_steps
 from d3n_ext.stage1.unet import UNet
@@ -97,7 +98,7 @@ def train_ddpm(cfg: Stage1Config, train_images: list[Path], out: Path, device: t
     losses = [h[0] for h in history]
     log = {"iterations": tc.iterations, "train_images": len(images), "seconds": round(time.time() - t0, 1),
            "final_loss": float(np.mean(losses[-50:])) if losses else None, "lr": tc.lr, "lrf": tc.lrf, "world": world,
-           "input_scale": scale}
+           "input_scale": scale, **ddpm_training_record(cfg, train_images, seed)}
     if rank == 0:
         save_ddpm(out, ema.ema, cfg.unet, cfg.diffusion, log)
         LOGGER.info("DDPM: saved %s (final loss %.4f, %.0f s)", out, log["final_loss"] or float("nan"), log["seconds"])

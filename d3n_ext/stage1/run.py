@@ -27,6 +27,7 @@ from d3n_ext.stage1.ddpm_training import train_ddpm
 from d3n_ext.stage1.features import DDPMFeatureExtractor, LatentEncoder
 from d3n_ext.stage1.repository import LatentRepository
 from d3n_ext.stage1.repository_builder import LevelSpec, build_repository, plan_images
+from d3n_ext.stage1.reuse import asked_ddpm, asked_vae, differences, recorded_ddpm, recorded_vae, refuse_stale
 from d3n_ext.stage1.vae_training import (fit_compressors, image_feature_batches, reconstruction_errors,
                                          repository_feature_batches)
 from utils.checkpoints import load_checkpoint
@@ -119,7 +120,10 @@ def step_train_ddpm(ctx: Stage1Context) -> Path:
         if ctx.rank == 0 and Path(ctx.opts.ddpm_weights).resolve() != path.resolve():
             shutil.copyfile(ctx.opts.ddpm_weights, path)
     elif path.is_file() and not ctx.opts.force:
-        LOGGER.info("%s exists: DDPM training skipped (--force retrains)", path)
+        asked = asked_ddpm(ctx.cfg, fitting_images(ctx.data), ctx.opts.seed)
+        diffs = differences(recorded_ddpm(load_checkpoint(path, expect="ddpm")), asked)
+        refuse_stale(path, "DDPM", diffs, "extract_features.py --force retrains it")
+        LOGGER.info("%s exists, trained as asked: DDPM training skipped (--force retrains)", path)
     else:
         train_ddpm(ctx.cfg, fitting_images(ctx.data), path, ctx.device, ctx.opts.seed, ctx.quiet)
     barrier()
@@ -180,7 +184,10 @@ def step_train_vae(ctx: Stage1Context) -> Path:
             shutil.copyfile(ctx.opts.vae_weights, vae_path)
         barrier()
         return vae_path
-    if vae_path.is_file() and not ctx.opts.force and load_checkpoint(vae_path)["info"].get("ddpm_sha256") == ddpm_sha:
+    previous = load_checkpoint(vae_path) if vae_path.is_file() and not ctx.opts.force else None
+    if previous is not None and previous["info"].get("ddpm_sha256") == ddpm_sha:
+        diffs = differences(recorded_vae(previous), asked_vae(ctx.cfg))
+        refuse_stale(vae_path, "ResVAE", diffs, "extract_features.py train-vae --force retrains it")
         LOGGER.info("%s exists for this DDPM: ResVAE training skipped (--force retrains)", vae_path)
         return vae_path
     raw = step_raw(ctx)

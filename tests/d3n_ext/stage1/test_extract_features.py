@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,12 @@ import torch
 
 from d3n_ext.stage1.features import encoder_from_repository, load_feature_decoders, make_noise
 from d3n_ext.stage1.repository import LatentRepository
+from d3n_ext.stage1.config import load_stage1_config
 from d3n_ext.stage1.repository_builder import LevelSpec, batch_range, build_repository, plan_images
+from d3n_ext.stage1.reuse import asked_ddpm, differences, images_fingerprint, recorded_ddpm
 from extract_features import main
-from tests.d3n_ext.stage1_fixtures import cli_args, one_thread, stage1_run  # noqa: F401 (fixture)
+from tests.d3n_ext.stage1_fixtures import cli_args, one_thread, repo_copy, stage1_run  # noqa: F401 (fixture)
+from utils.checkpoints import load_checkpoint
 from utils.data_config import load_data_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,8 +48,6 @@ def test_missing_data_yaml_is_a_one_line_error(stage1_run, tmp_path, capsys):
 
 
 def test_pca_and_raw_repositories_for_the_ablations(stage1_run, tmp_path):
-    import shutil
-
     out = tmp_path / "repo"
     shutil.copytree(stage1_run["out"], out)
     assert main(cli_args("build", stage1_run["data"], stage1_run["cfg"], out, "--compressor", "pca", "--raw")) == 0
@@ -154,3 +156,54 @@ def test_noise_rules_are_reproducible_and_follow_the_pixels():
     assert not torch.equal(make_noise("per-image", 0, a, shape), make_noise("per-image", 0, b, shape))
     assert not torch.equal(make_noise("per-image", 0, a, shape), make_noise("per-image", 1, a, shape))
     assert torch.equal(make_noise("shared", 0, a, shape), make_noise("shared", 0, b, shape))
+
+
+def _last_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_finished_weights_trained_otherwise_are_refused_not_reused(stage1_run, repo_copy, tmp_path, capsys):
+    """A rerun that asks for other DDPM or ResVAE settings than the folder's weights were trained with stops
+    with one line naming the file and the setting; nothing in the folder is touched."""
+    stamps = {f: (repo_copy / f).stat().st_mtime_ns for f in ("ddpm.pt", "vae.pt", "manifest.json")}
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(stage1_run["cfg"].read_text().replace("iterations: 2,", "iterations: 3,"))
+    assert main(cli_args("all", stage1_run["data"], longer, repo_copy)) == 2
+    line = _last_line(capsys)
+    assert "ddpm.pt" in line and "ddpm_train.iterations 2 -> 3" in line and "--force" in line
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(stage1_run["cfg"].read_text().replace("latent_channels: 4,", "latent_channels: 5,"))
+    assert main(cli_args("all", stage1_run["data"], wider, repo_copy)) == 2
+    line = _last_line(capsys)
+    assert "vae.pt" in line and "latent_channels 4 -> 5" in line
+    assert stamps == {f: (repo_copy / f).stat().st_mtime_ns for f in stamps}
+
+
+def test_a_ddpm_fitted_on_other_images_is_refused(stage1_run, repo_copy, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(stage1_run["data"].parent, data)
+    next(iter(sorted((data / "images" / "train").iterdir()))).unlink()  # one train image fewer
+    (data / "data.yaml").write_text(stage1_run["data"].read_text().replace(str(stage1_run["data"].parent), str(data)))
+    assert main(cli_args("all", data / "data.yaml", stage1_run["cfg"], repo_copy)) == 2
+    assert "ddpm.pt" in (line := _last_line(capsys)) and "images_sha256" in line and "train_images 5 -> 4" in line
+
+
+def test_the_images_print_ignores_order_and_folder(stage1_run, tmp_path):
+    images = sorted((stage1_run["data"].parent / "images" / "train").iterdir())
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(images[0].parent, moved)
+    assert images_fingerprint(images) == images_fingerprint(sorted(moved.iterdir(), reverse=True))
+    assert images_fingerprint(images) != images_fingerprint(images[1:])
+
+
+def test_an_older_ddpm_checkpoint_is_compared_on_what_its_log_recorded(stage1_run):
+    ckpt = load_checkpoint(stage1_run["out"] / "ddpm.pt", expect="ddpm")
+    info = {k: ckpt["info"][k] for k in ("iterations", "train_images", "seconds", "lr", "lrf")}  # before the record
+    older = {**ckpt, "info": info}
+    cfg = load_stage1_config(stage1_run["cfg"])
+    images = sorted((stage1_run["data"].parent / "images" / "train").iterdir())
+    assert differences(recorded_ddpm(older), asked_ddpm(cfg, images, seed=0)) == []
+    longer = load_stage1_config(stage1_run["cfg"], {"ddpm_train.iterations": 9})
+    assert differences(recorded_ddpm(older), asked_ddpm(longer, images, seed=0)) == ["ddpm_train.iterations 2 -> 9"]
