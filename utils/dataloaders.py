@@ -21,14 +21,14 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import repeat
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_span, random_perspective, stretch, warp_map
@@ -228,7 +228,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not rect  # mosaics are square, rect batches are not
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
         self.extra_strides: dict[str, int] = dict(getattr(self, "extra_strides", {}))
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
+        self.epoch = 0  # augmentation stream of a plain index; a (stream, index) key carries its own
         self.labelled = labelled  # False: unlabelled images (distillation only); no label file is opened
         self._load_labels([Path(f) for f in img_files], nc, single_cls)
         self.batch_shapes, self.batch_index = None, None
@@ -295,11 +295,8 @@ class LoadImagesAndLabels(Dataset):
         return len(self.im_files)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed augmentation: the sample for (seed, epoch, index) is always the same (for --resume)."""
-        self._epoch.fill_(int(epoch))
-
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(self._epoch), index])
+        """The augmentation stream that a plain index `ds[i]` reads; a training stream's keys name their own."""
+        self.epoch = int(epoch)
 
     def _read_resized(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         path = self.im_files[i]
@@ -332,9 +329,13 @@ class LoadImagesAndLabels(Dataset):
         """Per-image maps {name: (C, h, w) float} laid over the whole original image; none in the base class."""
         return {}
 
-    def __getitem__(self, index: int) -> tuple:
-        """-> (image uint8 (3, H, W) RGB, labels (k, 6) [0, cls, x, y, w, h] normalised, path, shapes, extras)."""
-        rng, hyp = self._rng(index), self.hyp
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple:
+        """-> (image uint8 (3, H, W) RGB, labels (k, 6) [0, cls, x, y, w, h] normalised, path, shapes, extras).
+
+        `index` is an image index, or a key (stream, index) from `utils.epoch_stream`: the sample for (seed,
+        stream, index) is always the same, whichever process prepares it and whenever (--resume replays it)."""
+        stream, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng, hyp = np.random.default_rng([self.seed, int(stream), int(index)]), self.hyp
         if self.mosaic and rng.random() < hyp.mosaic:
             sample = self._load_mosaic(index, rng)
             if rng.random() < hyp.mixup:
@@ -472,40 +473,6 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-class EpochPrefixSampler(Sampler[int]):
-    """A seeded per-epoch shuffle, cut to its first `limit` indices when the caller will use no more.
-
-    A loader abandoned mid-epoch has had its workers prepare batches ahead (prefetch) that nobody reads; a
-    loader told how many it will use (`set_loader_limit`) prepares only those, and they are the same ones.
-    """
-
-    def __init__(self, sampler: DistributedSampler):
-        self.sampler, self.limit = sampler, None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        return islice(iter(self.sampler), self.limit)
-
-    def __len__(self) -> int:
-        return len(self.sampler) if self.limit is None else min(self.limit, len(self.sampler))
-
-
-def set_loader_limit(loader: DataLoader, batches: int | None) -> None:
-    """Call before iter(loader): its next pass yields at most `batches` batches (None: the whole epoch)."""
-    if not isinstance(loader.sampler, EpochPrefixSampler):
-        raise TypeError("set_loader_limit needs a shuffling loader from create_dataloader")
-    loader.sampler.limit = None if batches is None else batches * loader.batch_size
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Call before each epoch: reshuffles the sampler and reseeds augmentation, both from the epoch."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)
-
-
 def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride: int, *, hyp: Hyp | None = None,
                       augment: bool = False, cache: str | None = None, rect: bool = False, scale_mode: bool = False,
                       workers: int = 8, shuffle: bool = False, seed: int = 0, single_cls: bool = False,
@@ -513,8 +480,8 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
                       dataset_kwargs: dict | None = None, distributed: bool | None = None) -> tuple[DataLoader, Dataset]:
     """A DataLoader over `dataset_cls`; under torch.distributed each rank gets its share of every epoch.
 
-    Shuffling uses a sampler seeded by (seed, epoch), so call `set_loader_epoch` before each epoch. Batches are
-    put together by the dataset class's `collate_fn` when it has one (masks), else by `collate_fn` here.
+    Shuffling uses a sampler seeded by (seed, epoch); training draws its epochs through `utils.epoch_stream`,
+    whose sample keys seed each sample's augmentation by the same epoch. Batches are put together by the dataset class's `collate_fn` when it has one (masks), else by `collate_fn` here.
     `distributed=False` builds a whole-split loader on one rank (rank-0 validation under DDP).
     """
     use_dist = dist.is_initialized() if distributed is None else distributed
@@ -534,7 +501,6 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     else:  # one replica: the same per-epoch seeded shuffle, without a process group
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed) if shuffle else None
-    sampler = EpochPrefixSampler(sampler) if shuffle else sampler
     generator = torch.Generator()
     generator.manual_seed(seed + (dist.get_rank() if use_dist else 0))
     collate = getattr(dataset, "collate_fn", collate_fn)

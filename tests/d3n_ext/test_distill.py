@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from d3n_ext.distill import DistillOptions, distillation_terms
+from d3n_ext.distill import DistillOptions, distillation_terms, load_teacher
+from models.loading import save_model
 from models.yolo import Model
 from utils.hyp import Hyp
 from utils.loss import ComputeLoss
@@ -105,3 +106,21 @@ def test_a_teacher_with_other_anchors_is_refused(tiny_cfg):
     teacher.detect.anchors.mul_(1.5)
     with pytest.raises(ValueError, match=r"t.pt: the teacher's anchors .* differ from the student's"):
         check_same_head(student, teacher, "t.pt")
+
+
+def test_the_loaded_teacher_is_folded_for_speed_and_predicts_what_its_checkpoint_does(tiny_cfg, tmp_path):
+    """The frozen teacher runs forward only: BatchNorms folded, NHWC weights; raw maps equal up to rounding."""
+    model = Model(tiny_cfg).eval()
+    for m in model.modules():  # BatchNorms with statistics of their own, so that folding has work to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    save_model(tmp_path / "teacher.pt", model, model)  # the EMA is what a teacher loads
+    teacher = load_teacher(tmp_path / "teacher.pt", torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    conv = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(teacher(x)[1], model(x)[1], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

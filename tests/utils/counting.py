@@ -13,5 +13,5 @@ class CountsSamples:
         self.calls = torch.zeros(len(self.im_files), dtype=torch.int64).share_memory_()
 
     def __getitem__(self, index):
-        self.calls[index] += 1
+        self.calls[index[1] if isinstance(index, tuple) else index] += 1  # a (stream, index) key or an index
         return super().__getitem__(index)

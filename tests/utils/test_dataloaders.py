@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -13,8 +14,8 @@ import torch
 
 from tests.utils.counting import CountsSamples
 from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.dataloaders import (LoadImagesAndLabels, collate_fn, create_dataloader, label_cache_path, set_loader_epoch,
-                               set_loader_limit)
+from utils.dataloaders import LoadImagesAndLabels, collate_fn, create_dataloader, label_cache_path
+from utils.epoch_stream import epoch_heads, epoch_stream, epochs
 from utils.hyp import Hyp
 
 # (w, h) and boxes as normalised (cls, x, y, w, h); every image differs in shape and content
@@ -194,19 +195,30 @@ def test_seed_epoch_and_index_fix_the_sample(dataset_dir):
     assert not _same(first, a[2])
     a.set_epoch(3)
     assert _same(first, a[2])
+    a.set_epoch(0)
+    assert _same(first, a[(3, 2)])  # a stream's key (epoch, index) names its own epoch
 
 
-def test_persistent_workers_follow_set_loader_epoch(dataset_dir):
-    loader, ds = create_dataloader(_files(dataset_dir), 64, 3, 32, augment=True, workers=2, seed=5,
+def _epoch_batches(ds, loader, epoch: int) -> list[tuple]:
+    """The batches a loader restarted for `epoch` yields, prepared here in the main process."""
+    loader.sampler.set_epoch(epoch)
+    order = list(loader.sampler)
+    return [collate_fn([ds[(epoch, i)] for i in order[k:k + loader.batch_size]])
+            for k in range(0, len(order), loader.batch_size)]
+
+
+def test_a_stream_over_epochs_yields_each_epochs_own_batches(dataset_dir):
+    """One worker pool spans the epochs; each epoch's batches are its own shuffle and augmentation."""
+    loader, ds = create_dataloader(_files(dataset_dir), 64, 3, 32, augment=True, workers=2, seed=5, shuffle=True,
                                    dataset_cls=CoordDataset)
-    assert loader.num_workers == 2 and loader.persistent_workers
-    for epoch in (1, 2):
-        set_loader_epoch(loader, epoch)
-        imgs, targets, _, _, extras = next(iter(loader))
-        expected = collate_fn([ds[i] for i in range(3)])  # same dataset, same epoch, main process
-        assert torch.equal(imgs, expected[0]) and torch.equal(targets, expected[1])
-        assert torch.equal(extras["coords"], expected[4]["coords"])
-        assert extras["coords"].shape == (3, 3, 16, 16)
+    assert loader.num_workers == 2
+    streamed = list(epoch_stream(loader, epochs(1, 3)))
+    expected = _epoch_batches(ds, loader, 1) + _epoch_batches(ds, loader, 2)
+    assert len(streamed) == len(expected) == 4
+    for got, want in zip(streamed, expected):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[2] == want[2]
+        assert torch.equal(got[4]["coords"], want[4]["coords"]) and got[4]["coords"].shape == (3, 3, 16, 16)
+    assert not torch.equal(streamed[0][0], streamed[2][0])  # epoch 2 is a new shuffle / augmentation
 
 
 # ---------------------------------------------------------------- extras alignment
@@ -308,22 +320,35 @@ class CountingDataset(CountsSamples, CoordDataset):
     pass
 
 
-def test_a_limited_pass_prepares_only_the_batches_it_yields(dataset_dir):
+def _prepared(ds, at_least: int, timeout: float = 20.0) -> int:
+    """Samples prepared so far, once the workers have prepared `at_least` (or the timeout has passed)."""
+    end = time.monotonic() + timeout
+    while int(ds.calls.sum()) < at_least and time.monotonic() < end:
+        time.sleep(0.02)
+    return int(ds.calls.sum())
+
+
+def test_the_workers_prepare_the_next_epoch_while_this_one_is_drawn(dataset_dir):
     loader, ds = create_dataloader(_files(dataset_dir), 64, 2, 32, augment=True, workers=2, shuffle=True, seed=3,
                                    dataset_cls=CountingDataset)
-    set_loader_epoch(loader, 7)
-    whole = [paths for _, _, paths, _, _ in loader]
+    stream = epoch_stream(loader, epochs(0, 2))
+    first_epoch = [next(stream) for _ in range(len(loader))]  # 3 batches of 2
+    assert len(first_epoch) == 3
+    assert _prepared(ds, 8) >= 8  # a batch of epoch 1 is ready before anyone asked for it
+
+
+def test_a_cut_pass_prepares_only_its_head(dataset_dir):
+    loader, ds = create_dataloader(_files(dataset_dir), 64, 2, 32, augment=True, workers=2, shuffle=True, seed=3,
+                                   dataset_cls=CountingDataset)
+    whole = [paths for _, _, paths, _, _ in epoch_stream(loader, [(7, None)])]
     assert len(whole) == 3 and int(ds.calls.sum()) == 6
     ds.calls.zero_()
-    set_loader_limit(loader, 1)
-    cut = [paths for _, _, paths, _, _ in loader]
-    assert cut == whole[:1] and len(loader) == 1
-    assert int(ds.calls.sum()) == 2  # prefetching workers were given nothing beyond the batch the caller takes
-    set_loader_limit(loader, None)
-    assert [paths for _, _, paths, _, _ in loader] == whole
+    cut = [paths for _, _, paths, _, _ in epoch_stream(loader, [(7, 1), (8, 1)])]
+    assert cut[0] == whole[0] and len(cut) == 2
+    assert int(ds.calls.sum()) == 4  # the workers were given nothing beyond the two batches taken
 
 
-def test_set_loader_limit_needs_a_shuffling_loader(dataset_dir):
-    loader, _ = create_dataloader(_files(dataset_dir), 64, 2, 32, workers=0)
-    with pytest.raises(TypeError, match="shuffling loader"):
-        set_loader_limit(loader, 1)
+def test_epoch_heads_start_a_fresh_pass_every_epoch():
+    """Unlabelled passes of 2 batches joined to labelled epochs of 3: a whole pass, then the head of the next."""
+    assert list(epoch_heads(4, 6, per_epoch=3, per_pass=2)) == [(4000, 2), (4001, 1), (5000, 2), (5001, 1)]
+    assert list(epoch_heads(0, 1, per_epoch=2, per_pass=5)) == [(0, 2)]
