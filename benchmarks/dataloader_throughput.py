@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from utils.dataloaders import LoadImagesAndLabels, create_dataloader, set_loader_epoch
+from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.epoch_stream import epoch_stream, epochs
 from utils.hyp import Hyp
 
 LATENT_SHAPES = {"p3": ((192, 64, 64), 8), "p4": ((192, 32, 32), 16), "p5": ((192, 16, 16), 32)}
@@ -59,14 +60,12 @@ def ensure_images(root: Path, n: int) -> list[Path]:
 def images_per_second(files: list[Path], dataset_cls: type, args: argparse.Namespace) -> float:
     loader, dataset = create_dataloader(files, args.imgsz, args.batch_size, 32, hyp=Hyp(), augment=True,
                                         workers=args.workers, shuffle=True, dataset_cls=dataset_cls)
-    set_loader_epoch(loader, 0)
-    for _ in loader:  # warm-up: worker start-up and first reads
-        pass
+    stream = epoch_stream(loader, epochs(0, args.epochs + 1))  # as training draws its epochs
+    for _ in range(len(loader)):  # warm-up: worker start-up and first reads
+        next(stream)
     seen, t0 = 0, time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        set_loader_epoch(loader, epoch)
-        for imgs, *_ in loader:
-            seen += len(imgs)
+    for imgs, *_ in stream:
+        seen += len(imgs)
     return seen / (time.perf_counter() - t0)
 
 
