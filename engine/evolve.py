@@ -2,7 +2,7 @@
 
 Each trial is a short training run with hyper-parameters drawn from YOLOv5's evolve search space (learning
 rate and schedule, momentum, decay, warm-up, loss gains, anchor threshold, colour and geometric
-augmentation); its score is YOLOv5's fitness, 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 on val, reported every epoch
+augmentation); its score is YOLOv5's fitness, 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95 on val, reported every validated epoch
 so the median pruner stops trials that fall behind. A distillation run adds its λ (`dist_lambda`).
 
 Everything lands in runs/evolve/<--name><N>/ (exp, exp2, ...): trials/<number>/ (each run), evolve.csv
@@ -174,7 +174,9 @@ def run_evolution(opt: TrainOptions, make_task: Callable[[object], DetectionTask
                             noplots=True, tensorboard=False, resume=False)
         trainer = Trainer(trial_opt, make_task(trial))
 
-        def report(epoch: int, fitness: float) -> None:
+        def report(epoch: int, fitness: float | None) -> None:
+            if fitness is None:  # not validated this epoch (--val-interval): nothing to report, not a zero
+                return
             trial.report(fitness, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: fitness {fitness:.4f} below the median of earlier trials")

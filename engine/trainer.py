@@ -158,7 +158,8 @@ class Trainer:
             increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         self.wdir = self.save_dir / "weights"
         self.tensorboard: TensorBoardLog | None = None  # rank 0 opens it in setup()
-        self.epoch_callbacks: list[Callable[[int, float], None]] = []  # (epoch, fitness) on rank 0, e.g. pruning
+        # (epoch, fitness) on rank 0 after each epoch, e.g. pruning; fitness None where the epoch was not validated
+        self.epoch_callbacks: list[Callable[[int, float | None], None]] = []
         init_seeds(opt.seed + self.rank, deterministic=True)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class Trainer:
                 self.write_results(row)  # after the checkpoint: a kill in between never shows an epoch twice
                 stop = stopper(epoch, fitness)
                 for callback in self.epoch_callbacks:
-                    callback(epoch, fitness)
+                    callback(epoch, fitness if result is not None else None)
             if self.distributed:
                 flag = torch.tensor([int(stop)], device=self.device)
                 torch.distributed.broadcast(flag, 0)

@@ -28,7 +28,7 @@ class StageProgress:
         LOGGER.info("stage %d/%d %s%s · %.1f min elapsed", self.index, self.total, name, f" · {note}" if note else "",
                     self.elapsed())
 
-    def epoch_done(self, epoch: int, fitness: float) -> None:
+    def epoch_done(self, epoch: int, fitness: float | None) -> None:
         if self.first_epoch < 0:  # the first epoch this process trained (a resumed stage starts late)
             self.first_epoch = epoch
         done = epoch + 1 - self.first_epoch

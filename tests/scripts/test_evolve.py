@@ -85,3 +85,12 @@ def test_a_storage_creation_race_is_retried(monkeypatch):
     FakeOptuna.create_study = staticmethod(lambda **kwargs: (_ for _ in ()).throw(ValueError("bad direction")))
     with pytest.raises(ValueError, match="bad direction"):  # anything else is not retried
         evolve._create_study(FakeOptuna, study_name="s")
+
+
+def test_the_pruner_hears_only_validated_epochs(tmp_path, tiny_data, tiny_model_yaml):
+    """With --val-interval 2 over 3 epochs, epochs 1 and 2 (the last) are validated; epoch 0 reports nothing
+    rather than a fitness of zero that would drag the median down."""
+    out = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path / "evolve", "--evolve", "1", "--epochs", "3",
+                            "--val-interval", "2"))
+    trial = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}").trials[0]
+    assert sorted(trial.intermediate_values) == [1, 2]
