@@ -187,10 +187,12 @@ def warp_map(src: torch.Tensor, to_canvas: np.ndarray, rect: tuple[float, float,
     source-normalised (u, v) to canvas px, where the source is visible inside `rect` (x1, y1, x2, y2,
     half-open); `to_output` (3, 3) maps canvas px to output px. Output cell (i, j) of `out_hw` sits at
     ((j + 0.5), (i + 0.5)) * stride px. Bilinear, align_corners=False; zeros where the source is not
-    visible. Returns (C, *out_hw) in src's dtype (float32 for integer maps).
+    visible. Returns (C, *out_hw) in src's dtype (float32 for integer maps). Sampling runs in float32 even
+    for fp16 latents: PyTorch's CPU grid_sample is 2.5-5x slower in half precision than converting there
+    and back (a 48 x 40 x 40 map onto 20 x 20 cells: 0.32 ms against 0.07).
     """
     ho, wo = out_hw
-    dtype = src.dtype if src.is_floating_point() else torch.float32  # fp16 latents: no full-map conversion
+    dtype = src.dtype if src.is_floating_point() else torch.float32
     out = torch.zeros((src.shape[0], ho, wo), dtype=dtype)
     ys, xs = np.mgrid[0:ho, 0:wo]
     cells = np.stack(((xs + 0.5) * stride, (ys + 0.5) * stride, np.ones((ho, wo))), -1)  # (ho, wo, 3) output px
@@ -203,7 +205,8 @@ def warp_map(src: torch.Tensor, to_canvas: np.ndarray, rect: tuple[float, float,
         return out
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # sample only where the tile shows
     uv = canvas[box] @ np.linalg.inv(to_canvas).T
-    grid = torch.from_numpy(2 * uv[..., :2] / uv[..., 2:] - 1).to(dtype)[None]  # (1, h', w', 2)
-    sampled = F.grid_sample(src[None].to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out[:, box[0], box[1]] = sampled[0] * torch.from_numpy(visible[box]).to(dtype)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    grid = torch.from_numpy(2 * uv[..., :2] / uv[..., 2:] - 1).to(work)[None]  # (1, h', w', 2)
+    sampled = F.grid_sample(src[None].to(work), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out[:, box[0], box[1]] = (sampled[0] * torch.from_numpy(visible[box]).to(work)).to(dtype)
     return out

@@ -107,3 +107,14 @@ def test_warp_map_follows_a_letterbox_and_zeroes_the_padding():
     centres = (torch.arange(8) + 0.5) / 8
     torch.testing.assert_close(out[0, 3], centres)  # x unchanged
     torch.testing.assert_close(out[1, 2:6, 0], (torch.arange(2, 6) * 8 + 4 - 16) / 32)  # y squeezed
+
+
+def test_fp16_latents_warp_as_their_float32_values_and_stay_fp16():
+    """Latents are stored fp16; the warp samples them in float32 (fast on the CPU) and returns fp16."""
+    src = torch.randn(6, 20, 20, generator=torch.Generator().manual_seed(0))
+    to_canvas = np.array([[64, 0, 0], [0, 32, 16], [0, 0, 1]], float)
+    rotate = np.array([[0.9, -0.2, 9.0], [0.2, 0.9, -4.0], [0, 0, 1]])
+    half = warp_map(src.half(), to_canvas, (0, 16, 64, 48), rotate, (8, 8), 8)
+    full = warp_map(src.half().float(), to_canvas, (0, 16, 64, 48), rotate, (8, 8), 8)
+    assert half.dtype == torch.float16 and full.dtype == torch.float32
+    assert torch.equal(half, full.half())
