@@ -228,7 +228,6 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not rect  # mosaics are square, rect batches are not
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
         self.extra_strides: dict[str, int] = dict(getattr(self, "extra_strides", {}))
-        self.epoch = 0  # augmentation stream of a plain index; a (stream, index) key carries its own
         self.labelled = labelled  # False: unlabelled images (distillation only); no label file is opened
         self._load_labels([Path(f) for f in img_files], nc, single_cls)
         self.batch_shapes, self.batch_index = None, None
@@ -294,10 +293,6 @@ class LoadImagesAndLabels(Dataset):
     def __len__(self) -> int:
         return len(self.im_files)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The augmentation stream that a plain index `ds[i]` reads; a training stream's keys name their own."""
-        self.epoch = int(epoch)
-
     def _read_resized(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         path = self.im_files[i]
         im, _ = decode_image(path)  # BGR; a truncated JPEG was warned about by the scan
@@ -332,9 +327,9 @@ class LoadImagesAndLabels(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> tuple:
         """-> (image uint8 (3, H, W) RGB, labels (k, 6) [0, cls, x, y, w, h] normalised, path, shapes, extras).
 
-        `index` is an image index, or a key (stream, index) from `utils.epoch_stream`: the sample for (seed,
-        stream, index) is always the same, whichever process prepares it and whenever (--resume replays it)."""
-        stream, index = index if isinstance(index, tuple) else (self.epoch, index)
+        `index` is an image index (stream 0), or a key (stream, index) from `utils.epoch_stream`: the sample for
+        (seed, stream, index) is always the same, whichever process prepares it and whenever (--resume replays it)."""
+        stream, index = index if isinstance(index, tuple) else (0, index)
         rng, hyp = np.random.default_rng([self.seed, int(stream), int(index)]), self.hyp
         if self.mosaic and rng.random() < hyp.mosaic:
             sample = self._load_mosaic(index, rng)
@@ -481,7 +476,8 @@ def create_dataloader(img_files: list[Path], imgsz: int, batch_size: int, stride
     """A DataLoader over `dataset_cls`; under torch.distributed each rank gets its share of every epoch.
 
     Shuffling uses a sampler seeded by (seed, epoch); training draws its epochs through `utils.epoch_stream`,
-    whose sample keys seed each sample's augmentation by the same epoch. Batches are put together by the dataset class's `collate_fn` when it has one (masks), else by `collate_fn` here.
+    whose sample keys seed each sample's augmentation by the same epoch. Batches are put together by the
+    dataset class's `collate_fn` when it has one (masks), else by `collate_fn` here.
     `distributed=False` builds a whole-split loader on one rank (rank-0 validation under DDP).
     """
     use_dist = dist.is_initialized() if distributed is None else distributed

@@ -187,16 +187,10 @@ def test_seed_epoch_and_index_fix_the_sample(dataset_dir):
     hyp = Hyp(mixup=0.5, degrees=5)
     a = CoordDataset(_files(dataset_dir), imgsz=96, augment=True, hyp=hyp, seed=7)
     b = CoordDataset(_files(dataset_dir), imgsz=96, augment=True, hyp=hyp, seed=7)
-    a.set_epoch(3)
-    b.set_epoch(3)
-    first = a[2]
-    assert _same(first, a[2]) and _same(first, b[2])
-    a.set_epoch(4)
-    assert not _same(first, a[2])
-    a.set_epoch(3)
-    assert _same(first, a[2])
-    a.set_epoch(0)
-    assert _same(first, a[(3, 2)])  # a stream's key (epoch, index) names its own epoch
+    first = a[(3, 2)]  # a key (epoch, index)
+    assert _same(first, a[(3, 2)]) and _same(first, b[(3, 2)])
+    assert not _same(first, a[(4, 2)])
+    assert _same(a[2], a[(0, 2)])  # a plain index is stream 0
 
 
 def _epoch_batches(ds, loader, epoch: int) -> list[tuple]:
@@ -295,8 +289,7 @@ def test_random_affine_moves_extras_with_the_boxes(dataset_dir):
     ds = CoordDataset(_files(dataset_dir), imgsz=128, augment=True, hyp=hyp, seed=3)
     checked = 0
     for epoch in range(3):
-        ds.set_epoch(epoch)
-        checked += _check_boxes_against_coords(ds, hyp, range(6))
+        checked += _check_boxes_against_coords(ds, hyp, [(epoch, i) for i in range(6)])
     assert checked >= 12
 
 

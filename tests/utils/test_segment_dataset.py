@@ -188,9 +188,8 @@ def test_a_polygon_survives_mosaic_affine_and_flips(seg_dir, scale_mode):
     ds = RecordingMasks(_files(seg_dir), imgsz=160, augment=True, hyp=WARPED, seed=3, scale_mode=scale_mode)
     ds.record, ious = [], []
     for epoch in range(3):
-        ds.set_epoch(epoch)
         for i in range(len(ds)):
-            img, targets, _, _, extras = ds[i]
+            img, targets, _, _, extras = ds[(epoch, i)]
             painted = _painted_mask(img, 4)
             if painted.sum() < 20:  # the crop showed (almost) no object
                 continue
