@@ -70,3 +70,17 @@ def test_mask_coefficients_ride_along_and_never_score_as_classes(multi_label):
 def test_more_coefficients_than_columns_is_refused():
     with pytest.raises(ValueError, match="cannot hold"):
         non_max_suppression(torch.zeros(1, 3, 8), nm=4)
+
+
+@pytest.mark.parametrize("use_torchvision", [False, True])
+@pytest.mark.parametrize("n, max_det", [(3000, 300), (3000, 10), (500, 300), (40, 300), (0, 300)])
+def test_nms_over_a_prefix_keeps_the_first_max_det_of_the_full_run(use_torchvision, n, max_det):
+    if use_torchvision and nms_module._TORCHVISION_NMS is None:
+        pytest.skip("torchvision ops unusable here")
+    boxes, scores = _random_boxes(n, n + max_det)
+    boxes = boxes / 3 + torch.arange(n).remainder(7)[:, None] * 20  # clusters: heavy and light suppression
+    order = scores.sort(descending=True, stable=True).indices
+    boxes, scores = boxes[order], scores[order]
+    full = nms(boxes, scores, 0.5, use_torchvision)
+    assert len(full) > max_det or n < 1000  # the big cases do stop early
+    assert torch.equal(nms_module.nms_first(boxes, scores, 0.5, max_det, use_torchvision), full[:max_det])
