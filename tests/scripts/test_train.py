@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 import yaml
@@ -156,6 +157,11 @@ def test_tensorboard_events_hold_the_scalars_and_images_and_can_be_turned_off(tm
         assert tag in scalars, scalars
     assert [e.step for e in events.Scalars("train/box_loss")] == [0, 1]
     assert {"train_batch0", "val_batch0_pred", "PR_curve", "results"} <= set(events.Tags()["images"])
+    for name in ("results.png", "train_batch0.jpg"):  # the file itself, not a re-encoded copy
+        stored = events.Images(Path(name).stem)[-1]
+        on_disk = cv2.imread(str(run / name), cv2.IMREAD_UNCHANGED)
+        assert stored.encoded_image_string == (run / name).read_bytes()
+        assert (stored.height, stored.width) == on_disk.shape[:2]
     quiet = train.main(_flags(tiny_data, tiny_model_yaml, tmp_path, "no-tb", "--epochs", "1", "--no-tensorboard"))
     assert not list(quiet.glob("events.out.tfevents*"))
 
