@@ -1,10 +1,11 @@
 """One loader pass over many epochs, so that no epoch starts by waiting for its first batch.
 
 A loader iterated once per epoch has its workers stop at each epoch's end; the next epoch waits
-while they prepare its first batch (at 160 px with D3N's latents, 0.4 s). Here one iterator spans the run: the batch sampler yields, pass after pass, each pass's
-seeded shuffle cut into batches, every sample keyed (stream, index), and the workers run ahead
-across the boundary. The keys carry the epoch, so the batches are exactly those of a loader
-restarted per epoch with the same stream number, whichever worker prepares them.
+while they prepare its first batch (at 160 px with D3N's latents, 0.4 s). Here one iterator spans
+the run: the batch sampler yields, pass after pass, each pass's seeded shuffle cut into batches,
+every sample keyed (stream, index), and the workers run ahead across the boundary. The keys carry
+the epoch, so the batches are exactly those of a loader restarted per epoch with the same stream
+number, whichever worker prepares them.
 
 The wait goes; time comes back only where cores sat idle during it. On 2 busy CPU cores the workers'
 work is done either way: `python -m benchmarks.epoch_stream` there measured the first-batch wait 155 ms
